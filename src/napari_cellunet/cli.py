@@ -1,0 +1,243 @@
+"""``cellunet`` command line: segment, train, models, demo.
+
+Every expected failure (missing file, unreadable image, unsupported shape,
+corrupt model, Ctrl-C) ends with a one-line message and a non-zero exit code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE, EXIT_INPUT, EXIT_CANCEL = 2, 1, 130
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one line, exit code 1."""
+
+
+def _progress_printer(prefix: str = ""):
+    """A progress callback drawing a one-line bar on stderr."""
+    state = {"last": 0.0}
+
+    def show(p) -> None:
+        from .inference import Progress
+
+        if not isinstance(p, Progress):
+            return
+        now = time.monotonic()
+        if now - state["last"] < 0.2 and p.done < p.total:
+            return
+        state["last"] = now
+        frac = p.done / p.total if p.total else 1.0
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r{prefix}[{bar:<30}] {p.done}/{p.total} {p.message[:40]:<40}")
+        sys.stderr.flush()
+
+    return show
+
+
+def _end_progress() -> None:
+    sys.stderr.write("\r" + " " * 100 + "\r")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_models(args) -> int:
+    from .models import list_models, read_model_file
+
+    entries = list_models()
+    if not entries:
+        print("no models found")
+        return 0
+    for e in entries:
+        try:
+            meta = read_model_file(e.path).get("meta", {})
+            scores = meta.get("val_scores") or {}
+            ap = f"  val AP@0.5 {scores['ap50']:.3f}" if "ap50" in scores else ""
+            d = f"  diameter {meta['diameter']:.0f}px" if meta.get("diameter") else ""
+            print(f"{e.name:<28} {e.source:<8}{d}{ap}  {e.path}")
+        except Exception as err:  # a broken user file must not hide the others
+            print(f"{e.name:<28} {e.source:<8} UNREADABLE ({err})")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .batch import BatchError, segment_files
+
+    inputs = [Path(p) for p in args.inputs]
+    progress = None if args.quiet else _progress_printer()
+    try:
+        rows = segment_files(
+            inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
+            tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
+            seed_threshold=args.seed_threshold, min_size=args.min_size, progress=progress,
+            log=None if args.quiet else _log)
+    except BatchError as err:
+        if progress is not None:
+            _end_progress()
+        print(f"cellunet: error: {err} (outputs of the other inputs are in {args.output})", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        if progress is not None:
+            _end_progress()
+    total = sum(r["count"] for r in rows)
+    print(f"{len(rows)} image(s), {total} objects; labels and counts.csv in {args.output}")
+    return 0
+
+
+def _log(msg: str) -> None:
+    _end_progress()
+    print(msg, file=sys.stderr)
+
+
+def cmd_train(args) -> int:
+    from .inference import drive
+    from .models import load_model, save_user_model
+    from .training import AugmentConfig, TrainConfig, TrainState, iter_train, load_folder_pairs
+
+    train = load_folder_pairs(args.images, args.masks)
+    if args.val_images:
+        val = load_folder_pairs(args.val_images, args.val_masks or args.val_images)
+    else:
+        n_val = max(1, len(train) // 10) if len(train) > 1 else 0
+        val, train = train[:n_val], train[n_val:]
+    init = load_model(args.init) if args.init else None
+    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
+                      base_channels=args.base, depth=args.depth, val_every=args.val_every,
+                      diameter=args.diameter or None, lr=args.lr, device=args.device,
+                      augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob))
+    out = Path(args.out) if args.out else None
+    tmp_out = out or Path(f"{args.name}.pt")
+    meta = {
+        "name": args.name or tmp_out.stem,
+        "description": args.description,
+        "training_data": args.data_note or f"{args.images} ({len(train)} images)",
+        "training_command": "cellunet " + " ".join(sys.argv[1:]),
+        "license": args.license,
+    }
+    print(f"training on {len(train)} images, validating on {len(val)}, for {args.minutes} min",
+          file=sys.stderr)
+    last = {"t": 0.0}
+
+    def report(msg):
+        if isinstance(msg, TrainState) and msg.val_ap50 is not None:
+            print(f"step {msg.step}: loss {msg.loss:.3f}  val AP@0.5 {msg.val_ap50:.3f}  "
+                  f"(best {msg.best_ap50:.3f})", file=sys.stderr, flush=True)
+        elif isinstance(msg, TrainState) and time.monotonic() - last["t"] > 30:
+            last["t"] = time.monotonic()
+            print(f"step {msg.step}: loss {msg.loss:.3f}", file=sys.stderr, flush=True)
+
+    model = drive(iter_train([(i, m) for _, i, m in train], [(i, m) for _, i, m in val], tmp_out,
+                             cfg, init=init, meta=meta), report)
+    if out is None:
+        path = save_user_model(args.name, model.net, model.meta)
+        tmp_out.unlink(missing_ok=True)
+    else:
+        path = out
+    scores = model.meta.get("val_scores_default_thresholds", {})
+    print(f"saved {path}" + (f"  (val AP@0.5 {scores['ap50']:.3f})" if "ap50" in scores else ""))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ._sample_data import SAMPLE_PATH, SAMPLE_SOURCE
+    from .batch import segment_files
+
+    out = Path(args.output)
+    print(f"sample: {SAMPLE_PATH.name} ({SAMPLE_SOURCE})")
+    progress = _progress_printer()
+    try:
+        rows = segment_files([SAMPLE_PATH], out, model=args.model, device=args.device,
+                             progress=progress)
+    finally:
+        _end_progress()
+    r = rows[0]
+    print(f"counted {r['count']} nuclei in {r['seconds']:.1f} s (diameter {r['diameter']} px)")
+    print(f"labels: {out / r['labels']}")
+    print(f"counts: {out / 'counts.csv'}")
+    print(f"measurements: {out / r['measurements']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellunet", description="Segment and count cells with a UNet.")
+    p.add_argument("--version", action="version", version=f"napari-cellunet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment TIFF images or folders; write labels and counts.csv")
+    s.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFF files")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--model", default=None, help="model name or path (default: bundled nuclei model)")
+    s.add_argument("--diameter", default="auto", help="object diameter in pixels, or 'auto' (default)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    s.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory bound)")
+    s.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower)")
+    s.add_argument("--prob-threshold", type=float, default=None)
+    s.add_argument("--seed-threshold", type=float, default=None)
+    s.add_argument("--min-size", type=int, default=None, help="minimum object size in pixels (0 = auto)")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_segment)
+
+    t = sub.add_parser("train", help="train or fine-tune a model on image/label folders")
+    t.add_argument("--images", required=True)
+    t.add_argument("--masks", required=True)
+    t.add_argument("--val-images")
+    t.add_argument("--val-masks")
+    t.add_argument("--name", default="my-model", help="name in the user model folder")
+    t.add_argument("--out", help="write the model file here instead of the user model folder")
+    t.add_argument("--init", help="fine-tune from this model (name or path)")
+    t.add_argument("--minutes", type=float, default=10.0)
+    t.add_argument("--diameter", type=float, default=16.0, help="canonical object diameter (0 = no rescaling)")
+    t.add_argument("--base", type=int, default=16)
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--val-every", type=int, default=200)
+    t.add_argument("--invert-prob", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--description", default="")
+    t.add_argument("--data-note", default="")
+    t.add_argument("--license", default="")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("models", help="list bundled and user models")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="segment the bundled sample image and print the count")
+    d.add_argument("-o", "--output", default="cellunet-demo", help="output folder")
+    d.add_argument("--model", default=None)
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .inference import Cancelled
+    from .models import ModelError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ncellunet: cancelled", file=sys.stderr)
+        return EXIT_CANCEL
+    except Cancelled:
+        print("cellunet: cancelled", file=sys.stderr)
+        return EXIT_CANCEL
+    except (CLIError, ModelError, FileNotFoundError, ValueError, OSError, MemoryError) as err:
+        print(f"cellunet: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

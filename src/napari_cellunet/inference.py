@@ -1,0 +1,253 @@
+"""Run a UNet over images of any size: normalisation, sliding windows, blending.
+
+The compute is a generator (``iter_predict``) that yields :class:`Progress`
+messages and *returns* the probabilities, so a GUI worker can forward progress
+and stop between tiles, while scripts use :func:`predict` with a callback.
+Memory is bounded by the tile batch; only the output probability map grows
+with the image.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .unet import UNet
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress message: ``done`` of ``total`` steps."""
+
+    done: int
+    total: int
+    message: str = ""
+
+
+class Cancelled(Exception):
+    """Raised when the user cancels a running computation."""
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+# --------------------------------------------------------------------------- devices
+def available_devices() -> list[str]:
+    """Devices this machine can run on, best first (always ends with ``cpu``)."""
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+def select_device(name: str | None = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; otherwise the named device (validated)."""
+    if name in (None, "", "auto"):
+        return torch.device(available_devices()[0])
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; choose from {['auto', *available_devices()]}") from err
+    if device.type not in available_devices():
+        raise ValueError(f"device {name!r} is not available here; choose from {['auto', *available_devices()]}")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - depends on the torch build
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device`` (``None`` = plain fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------- normalisation
+def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                         axis: tuple[int, ...] | None = None) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles to 0/1 (float32). NaN/inf become 0.
+
+    A constant image maps to zeros rather than dividing by zero.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = np.where(finite, x, 0.0).astype(np.float32)
+    lo, hi = np.percentile(x, [low, high], axis=axis, keepdims=axis is not None)
+    scale = np.maximum(hi - lo, 1e-6)
+    return ((x - lo) / scale).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- tiling
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of windows of length ``tile`` covering ``[0, size)``."""
+    if tile >= size:
+        return [0]
+    step = max(1, int(round(tile * (1 - overlap))))
+    n = math.ceil((size - tile) / step) + 1
+    starts = np.linspace(0, size - tile, n).round().astype(int)
+    return sorted(set(starts.tolist()))
+
+
+def blending_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian window (nnU-Net style), never exactly zero at the border."""
+    w = np.ones((), dtype=np.float32)
+    for s in shape:
+        x = np.arange(s, dtype=np.float32) - (s - 1) / 2
+        g = np.exp(-0.5 * (x / max(s * sigma_scale * 2, 1e-3)) ** 2)
+        w = np.multiply.outer(w, g / g.max())
+    return np.maximum(w, 1e-3).astype(np.float32)
+
+
+def _flip_variants(dims: int, tta: bool) -> list[tuple[int, ...]]:
+    if not tta:
+        return [()]
+    axes = [a + 2 for a in range(dims)]
+    return [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
+
+
+@torch.no_grad()
+def _forward(net: UNet, batch: torch.Tensor, autocast_dtype: torch.dtype | None,
+             flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """Softmax probabilities of ``batch``, averaged over flip variants."""
+    device = batch.device
+    out = None
+    for f in flips:
+        x = torch.flip(batch, f) if f else batch
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                logits = net(x)
+        else:
+            logits = net(x)
+        p = torch.softmax(logits.float(), dim=1)
+        p = torch.flip(p, f) if f else p
+        out = p if out is None else out + p
+    return out / len(flips)
+
+
+def iter_predict(
+    net: UNet,
+    images: np.ndarray,
+    *,
+    tile: int | Sequence[int] = 256,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    device: str | torch.device | None = "auto",
+    precision: str = "auto",
+    tta: bool = False,
+) -> Generator[Progress, None, np.ndarray]:
+    """Sliding-window prediction over a batch of normalised images.
+
+    ``images`` has shape ``(N, C, *spatial)`` (``len(spatial) == net.config.dims``)
+    and is already normalised. Yields :class:`Progress` after every tile batch and
+    returns probabilities of shape ``(N, n_classes, *spatial)`` (float32).
+    Tiles from all N images share batches, so stacks of small slices stay fast.
+    """
+    cfg = net.config
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != cfg.dims + 2:
+        raise ValueError(f"expected (N, C, {'Z, ' if cfg.dims == 3 else ''}Y, X) input, got shape {images.shape}")
+    if images.shape[1] != cfg.in_channels:
+        raise ValueError(f"model expects {cfg.in_channels} channel(s), image has {images.shape[1]}")
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    autocast_dtype = resolve_precision(precision, dev)
+    net = net.to(dev).eval()
+    memory_format = None
+    if dev.type == "cpu":
+        memory_format = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
+        net = net.to(memory_format=memory_format)
+
+    n, spatial = images.shape[0], images.shape[2:]
+    tiles = (tile,) * cfg.dims if isinstance(tile, int) else tuple(tile)
+    m = net.size_multiple
+    tiles = tuple(min(t, s) if t >= s else max(m, t - t % m) for t, s in zip(tiles, spatial))
+    weights = blending_weights(tiles)
+    starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tiles)]
+    windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*starts)]
+    jobs = [(i, w) for i in range(n) for w in windows]
+
+    out = np.zeros((n, cfg.n_classes, *spatial), dtype=np.float32)
+    norm = np.zeros(spatial, dtype=np.float32)
+    for w in windows:
+        norm[w] += weights
+    flips = _flip_variants(cfg.dims, tta)
+    weights_t = torch.from_numpy(weights).to(dev)
+
+    total = len(jobs)
+    yield Progress(0, total, "predicting")
+    for b in range(0, total, batch_size):
+        chunk = jobs[b:b + batch_size]
+        batch = torch.from_numpy(np.stack([images[(i, slice(None), *w)] for i, w in chunk])).to(dev)
+        if memory_format is not None:
+            batch = batch.contiguous(memory_format=memory_format)
+        probs = (_forward(net, batch, autocast_dtype, flips) * weights_t).cpu().numpy()
+        for (i, w), p in zip(chunk, probs):
+            out[(i, slice(None), *w)] += p
+        yield Progress(min(b + batch_size, total), total, "predicting")
+    out /= norm
+    return out
+
+
+def drive(gen: Generator[Progress, None, object], progress: ProgressCallback | None = None,
+          cancel: CancelCheck | None = None):
+    """Run a progress generator to completion; call ``progress`` per message.
+
+    Raises :class:`Cancelled` when ``cancel()`` turns true between steps.
+    """
+    try:
+        while True:
+            msg = next(gen)
+            if progress is not None:
+                progress(msg)
+            if cancel is not None and cancel():
+                gen.close()
+                raise Cancelled("cancelled by the user")
+    except StopIteration as stop:
+        return stop.value
+
+
+def predict(net: UNet, images: np.ndarray, progress: ProgressCallback | None = None,
+            cancel: CancelCheck | None = None, **kwargs) -> np.ndarray:
+    """Blocking form of :func:`iter_predict`."""
+    return drive(iter_predict(net, images, **kwargs), progress, cancel)
+
+
+def resize_spatial(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear resize of the trailing spatial axes of ``(N, C, *spatial)`` to ``shape``.
+
+    Downscaling is antialiased (2D) so small objects are not aliased away.
+    """
+    if tuple(array.shape[2:]) == tuple(shape):
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    antialias = mode == "bilinear" and any(s < a for s, a in zip(shape, array.shape[2:]))
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False,
+                         antialias=antialias).numpy()

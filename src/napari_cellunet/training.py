@@ -1,0 +1,373 @@
+"""Train a UNet on images + instance labels (3 classes: background, interior, boundary).
+
+Images are rescaled so their objects have a canonical diameter (stored in the
+model file), then random crops are augmented (scale, flips, 90° rotations,
+gamma/contrast, blur, noise) and fitted with cross-entropy + soft Dice.
+Validation segments whole val images exactly as inference does and scores
+AP@0.5; the best model is saved. Like inference, training is a generator
+yielding :class:`~napari_cellunet.inference.Progress`, so the widget and the CLI
+share it. A seed makes runs reproducible (up to thread scheduling).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from .inference import Progress, normalize_percentile, resize_spatial, resolve_precision, select_device
+from .instances import BACKGROUND, BOUNDARY, INTERIOR, InstanceParams
+from .metrics import dataset_scores
+from .models import CellModel, save_model
+from .segment import PredictOptions, iter_segment, labels_from_probabilities, median_diameter
+from .unet import UNet, UNetConfig
+
+
+# --------------------------------------------------------------------------- targets
+def keep_largest_fragment(labels: np.ndarray) -> np.ndarray:
+    """Drop stray fragments: each label keeps only its largest connected piece."""
+    labels = np.asarray(labels)
+    out = np.zeros_like(labels)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        mask = labels[sl] == i
+        comp, n = ndi.label(mask)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            mask = comp == sizes.argmax()
+        out[sl][mask] = i
+    return out
+
+
+def labels_to_targets(labels: np.ndarray) -> np.ndarray:
+    """Instance labels -> class map (0 background, 1 interior, 2 boundary).
+
+    Boundaries are each object's inner border, so two touching objects are
+    separated by a two-pixel boundary band.
+    """
+    labels = np.asarray(labels)
+    target = np.where(labels > 0, INTERIOR, BACKGROUND).astype(np.int64)
+    target[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
+    return target
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class Sample:
+    image: np.ndarray   # (C, *spatial) float32, normalised, at canonical scale
+    labels: np.ndarray  # (*spatial) int32, at canonical scale
+    name: str = ""
+
+
+def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale a ``(C, *spatial)`` image (linear) and its labels (nearest) by ``scale``."""
+    if abs(scale - 1) < 1e-3:
+        return image, labels
+    shape = tuple(max(8, int(round(s * scale))) for s in labels.shape)
+    img = resize_spatial(image[None], shape)[0]
+    zoom = [n / o for n, o in zip(shape, labels.shape)]
+    lab = ndi.zoom(labels, zoom, order=0, mode="nearest", grid_mode=True)
+    return img, lab
+
+
+def make_sample(image: np.ndarray, labels: np.ndarray, diameter: float | None,
+                name: str = "", norm: tuple[float, float] = (1.0, 99.8)) -> Sample | None:
+    """Normalise, clean and rescale one annotated image to the canonical ``diameter``."""
+    labels = keep_largest_fragment(np.asarray(labels).astype(np.int32))
+    img = np.asarray(image)
+    img = img[None] if img.ndim == labels.ndim else np.moveaxis(img, -1, 0)
+    img = normalize_percentile(img, *norm, axis=tuple(range(1, img.ndim)))
+    scale = 1.0
+    if diameter:
+        d = median_diameter(labels)
+        if d is None:
+            return None
+        scale = float(np.clip(diameter / d, 0.25, 4.0))
+    img, labels = rescale_pair(img, labels, scale)
+    return Sample(img.astype(np.float32), labels.astype(np.int32), name)
+
+
+def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Read ``images_dir/<id>.tif`` with ``masks_dir/<id>.tif`` (same file names)."""
+    import tifffile
+
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    pairs = []
+    for p in sorted(images_dir.glob("*.tif*")):
+        m = masks_dir / p.name
+        if not m.exists():
+            continue
+        pairs.append((p.stem, tifffile.imread(p), tifffile.imread(m)))
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs with matching names in {images_dir} and {masks_dir}")
+    return pairs
+
+
+# --------------------------------------------------------------------------- augmentation
+@dataclass
+class AugmentConfig:
+    crop: int = 256
+    scale_range: tuple[float, float] = (0.6, 1.6)
+    gamma_range: tuple[float, float] = (0.6, 1.6)
+    noise_std: float = 0.05
+    blur_prob: float = 0.2
+    invert_prob: float = 0.0
+
+
+def random_crop(sample: Sample, crop: int, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``crop``-sized window of ``sample`` zoomed by ``scale`` (zero-padded if small)."""
+    dims = sample.labels.ndim
+    src = [max(1, int(round(crop / scale)))] * dims
+    shape = sample.labels.shape
+    starts = []
+    for s, c in zip(shape, src):
+        starts.append(int(rng.integers(0, s - c + 1)) if s > c else 0)
+    sl = tuple(slice(a, a + c) for a, c in zip(starts, src))
+    img, lab = sample.image[(slice(None), *sl)], sample.labels[sl]
+    img, lab = rescale_pair(img, lab, scale)
+    # pad or trim to exactly `crop`
+    pad = [(0, max(0, crop - s)) for s in lab.shape]
+    img = np.pad(img, [(0, 0)] + pad)[(slice(None),) + (slice(0, crop),) * dims]
+    lab = np.pad(lab, pad)[(slice(0, crop),) * dims]
+    return img, lab
+
+
+def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator):
+    """Flips, 90° rotations and intensity jitter (image only)."""
+    dims = lab.ndim
+    for ax in range(dims):
+        if rng.random() < 0.5:
+            img, lab = np.flip(img, ax + 1), np.flip(lab, ax)
+    if rng.random() < 0.5:
+        k = int(rng.integers(1, 4))
+        img, lab = np.rot90(img, k, axes=(dims - 1, dims)), np.rot90(lab, k, axes=(dims - 2, dims - 1))
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    lab = np.ascontiguousarray(lab)
+    if rng.random() < cfg.blur_prob:
+        img = ndi.gaussian_filter(img, [0] + [float(rng.uniform(0.5, 1.5))] * dims)
+    if rng.random() < 0.8:
+        g = float(np.exp(rng.uniform(*np.log(cfg.gamma_range))))
+        img = np.clip(img, 0, None) ** g
+    if rng.random() < 0.8:
+        img = img * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.1, 0.1))
+    if cfg.noise_std and rng.random() < 0.5:
+        img = img + rng.normal(0, float(rng.uniform(0, cfg.noise_std)), img.shape).astype(np.float32)
+    if cfg.invert_prob and rng.random() < cfg.invert_prob:
+        img = 1.0 - img
+    return img.astype(np.float32), lab
+
+
+def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for _ in range(batch_size):
+        s = samples[int(rng.integers(len(samples)))]
+        scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+        img, lab = random_crop(s, cfg.crop, scale, rng)
+        img, lab = augment(img, lab, cfg, rng)
+        xs.append(img)
+        ys.append(labels_to_targets(lab))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+# --------------------------------------------------------------------------- loss
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy + soft Dice over interior and boundary."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target, weight=class_weights)
+    probs = torch.softmax(logits, 1)
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+    dims = tuple(range(2, logits.ndim))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = 1 - (2 * inter + 1) / (denom + 1)
+    return ce + dice[:, 1:].mean()
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    diameter: float | None = 16.0     # canonical object diameter (px); None = no rescaling
+    depth: int = 4
+    base_channels: int = 16
+    up_mode: str = "transpose"
+    norm: str = "batch"
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    minutes: float = 25.0             # wall-clock budget (training stops at whichever comes first)
+    max_steps: int = 1_000_000
+    val_every: int = 200              # steps between validations
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    precision: str = "auto"           # bf16 autocast where supported
+    device: str = "auto"
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["augment"] = asdict(self.augment)
+        return json.loads(json.dumps(d))  # tuples -> lists (torch.load weights_only friendly)
+
+
+@dataclass
+class TrainState:
+    step: int
+    loss: float
+    val_ap50: float | None = None
+    best_ap50: float | None = None
+
+
+def _val_scores(model: CellModel, val: Sequence[tuple[np.ndarray, np.ndarray]], opts: PredictOptions,
+                params: InstanceParams):
+    """Segment every val image as inference does; return scores and cached probabilities."""
+    cached, pairs = [], []
+    for image, truth in val:
+        seg = yield from iter_segment(model, image[None], opts, params)
+        cached.append((seg.probabilities, seg.diameter))
+        pairs.append((truth, seg.labels[0]))
+    return dataset_scores(pairs), cached
+
+
+def tune_thresholds(cached, truths, base: InstanceParams,
+                    prob_grid=(0.4, 0.5, 0.6), seed_grid=(0.4, 0.5, 0.6, 0.7)) -> tuple[InstanceParams, float]:
+    """Grid-search post-processing thresholds on cached val probabilities (AP@0.5)."""
+    best, best_ap = base, -1.0
+    for pt in prob_grid:
+        for st in seed_grid:
+            params = InstanceParams(prob_threshold=pt, seed_threshold=st, min_size=base.min_size,
+                                    min_seed_size=base.min_seed_size)
+            pairs = [(t, labels_from_probabilities(p, params, d)[0]) for (p, d), t in zip(cached, truths)]
+            ap = dataset_scores(pairs)["ap50"]
+            if ap > best_ap:
+                best, best_ap = params, ap
+    return best, best_ap
+
+
+def iter_train(
+    train_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    val_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    out_path: str | Path,
+    config: TrainConfig | None = None,
+    init: CellModel | None = None,
+    meta: dict | None = None,
+) -> Generator[Progress | TrainState, None, CellModel]:
+    """Train, validating every ``val_every`` steps; the best model (val AP@0.5) is saved to ``out_path``.
+
+    ``train_pairs``/``val_pairs`` are (image, instance labels) at native scale.
+    ``init`` fine-tunes an existing model (its architecture and diameter win).
+    Yields :class:`Progress` and :class:`TrainState`; returns the best model.
+    An empty ``val_pairs`` saves the last model instead.
+    """
+    cfg = config or TrainConfig()
+    rng = np.random.default_rng(cfg.seed)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = select_device(cfg.device)
+    if init is not None:
+        net = UNet(init.config)
+        net.load_state_dict(init.net.state_dict())
+        diameter = init.diameter
+    else:
+        net = UNet(UNetConfig(dims=2, in_channels=1, n_classes=3, depth=cfg.depth,
+                              base_channels=cfg.base_channels, up_mode=cfg.up_mode, norm=cfg.norm))
+        diameter = cfg.diameter
+    dims = net.config.dims
+
+    yield Progress(0, len(train_pairs), "preparing training data")
+    samples = []
+    for i, (img, lab) in enumerate(train_pairs):
+        s = make_sample(img, lab, diameter)
+        if s is not None:
+            samples.append(s)
+        yield Progress(i + 1, len(train_pairs), "preparing training data")
+    if not samples:
+        raise ValueError("no annotated objects in the training data")
+    if net.config.in_channels != samples[0].image.shape[0]:
+        raise ValueError(f"model expects {net.config.in_channels} channel(s), training images have "
+                         f"{samples[0].image.shape[0]}")
+
+    net.to(device).train()
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    amp = resolve_precision(cfg.precision, device)
+    base_meta = {
+        "diameter": diameter,
+        "normalization": {"low": 1.0, "high": 99.8},
+        "instance_params": (init.instance_params if init else InstanceParams()).to_dict(),
+        "train_config": cfg.to_dict(),
+        "n_train_images": len(samples),
+        "n_val_images": len(val_pairs),
+        "axes": "YX" if dims == 2 else "ZYX",
+        **(meta or {}),
+    }
+    model = CellModel(name=Path(out_path).stem, net=net, meta=dict(base_meta))
+    opts = PredictOptions(diameter="auto", device=str(device), batch_size=8)  # as at inference
+    best_ap, best_state, history = -1.0, None, []
+    t0 = time.monotonic()
+    budget = cfg.minutes * 60
+    step, running = 0, None
+    while step < cfg.max_steps and time.monotonic() - t0 < budget:
+        frac = min(1.0, (time.monotonic() - t0) / budget)
+        for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        x, y = make_batch(samples, cfg.batch_size, cfg.augment, rng)
+        x, y = x.to(device), y.to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+        with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
+            logits = net(x)
+        loss = loss_fn(logits, y, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        elapsed = time.monotonic() - t0
+        yield Progress(int(elapsed), int(budget), f"step {step}  loss {running:.3f}")
+        last = step >= cfg.max_steps or elapsed >= budget
+        if val_pairs and (step % cfg.val_every == 0 or last):
+            net.eval()
+            scores, _ = yield from _val_scores(model, val_pairs, opts,
+                                               model.instance_params)
+            net.train()
+            history.append({"step": step, "minutes": round(elapsed / 60, 2), "loss": round(running, 4),
+                            **{k: round(v, 4) for k, v in scores.items() if k != "images"}})
+            if scores["ap50"] > best_ap:
+                best_ap = scores["ap50"]
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                save_model(out_path, net, dict(model.meta, history=history, steps=step))  # best so far
+            yield TrainState(step, running, scores["ap50"], best_ap)
+        else:
+            yield TrainState(step, running, None, best_ap if best_ap >= 0 else None)
+
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    model.meta["history"] = history
+    model.meta["steps"] = step
+    model.meta["train_minutes"] = round((time.monotonic() - t0) / 60, 2)
+    if val_pairs:
+        yield Progress(0, 1, "tuning thresholds on validation images")
+        scores, cached = yield from _val_scores(model, val_pairs, opts,
+                                                model.instance_params)
+        params, _ = tune_thresholds(cached, [t for _, t in val_pairs], model.instance_params)
+        model.meta["instance_params"] = params.to_dict()
+        model.meta["val_scores_default_thresholds"] = {k: round(float(v), 4) for k, v in scores.items()}
+    save_model(out_path, net, model.meta)
+    model.path = Path(out_path)
+    return model
