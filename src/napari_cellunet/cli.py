@@ -118,7 +118,7 @@ def cmd_train(args) -> int:
         "name": args.name or tmp_out.stem,
         "description": args.description,
         "training_data": args.data_note or f"{args.images} ({len(train)} images)",
-        "training_command": "cellunet " + " ".join(sys.argv[1:]),
+        "training_command": "cellunet " + " ".join(args.argv),
         "license": args.license,
     }
     print(f"training on {len(train)} images, validating on {len(val)}, for {args.minutes} min",
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

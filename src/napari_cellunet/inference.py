@@ -162,6 +162,7 @@ def iter_predict(
     device: str | torch.device | None = "auto",
     precision: str = "auto",
     tta: bool = False,
+    channels_last: bool = True,
 ) -> Generator[Progress, None, np.ndarray]:
     """Sliding-window prediction over a batch of normalised images.
 
@@ -169,6 +170,7 @@ def iter_predict(
     and is already normalised. Yields :class:`Progress` after every tile batch and
     returns probabilities of shape ``(N, n_classes, *spatial)`` (float32).
     Tiles from all N images share batches, so stacks of small slices stay fast.
+    ``channels_last`` (CPU only) uses the memory layout oneDNN convolutions prefer.
     """
     cfg = net.config
     images = np.asarray(images, dtype=np.float32)
@@ -181,7 +183,9 @@ def iter_predict(
     net = net.to(dev).eval()
     memory_format = None
     if dev.type == "cpu":
-        memory_format = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
+        memory_format = torch.contiguous_format
+        if channels_last:
+            memory_format = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
         net = net.to(memory_format=memory_format)
 
     n, spatial = images.shape[0], images.shape[2:]

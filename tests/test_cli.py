@@ -1,0 +1,105 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from napari_cellunet.cli import main
+from napari_cellunet.metrics import match
+
+
+def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
+    src = tmp_path / "in" / "nuclei.tif"
+    src.parent.mkdir()
+    tifffile.imwrite(src, sample)
+    assert main(["segment", str(src.parent), "-o", str(tmp_path / "out"), "-q"]) == 0
+    labels = tifffile.imread(tmp_path / "out" / "nuclei_labels.tif")
+    assert labels.shape == sample.shape
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert {"file", "count"} <= set(counts.columns) and counts.file[0] == "nuclei.tif"
+    n = int(counts["count"][0])
+    assert n == len(np.unique(labels)) - 1
+    assert 113 <= n <= 138  # 125 annotated nuclei
+    assert match(sample_mask, labels)[0].f1 >= 0.85
+    table = pd.read_csv(tmp_path / "out" / "nuclei_measurements.csv")
+    assert len(table) == n and "area_px" in table
+    assert "1 image(s)" in capsys.readouterr().out
+
+
+def test_stack_and_rgb_inputs(tmp_path, sample):
+    crop = sample[:128, :128]
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([crop, crop[::-1]]))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([crop] * 3, -1).astype(np.uint8), photometric="rgb")
+    assert main(["segment", str(tmp_path / "stack.tif"), str(tmp_path / "rgb.tif"), "-o",
+                 str(tmp_path / "out"), "-q", "--diameter", "16"]) == 0
+    assert tifffile.imread(tmp_path / "out" / "stack_labels.tif").shape == (2, 128, 128)
+    assert tifffile.imread(tmp_path / "out" / "rgb_labels.tif").shape == (128, 128)
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert list(counts.slice) == [0, 0, 1] or list(counts.slice) == [0, 1, 0]
+    per_file = counts.groupby("file")["count"].sum()
+    assert (per_file > 5).all()
+
+
+@pytest.mark.parametrize("case", ["missing", "not_image", "4d", "empty_folder", "nan", "bad_model"])
+def test_bad_inputs_one_line_error(tmp_path, capsys, case):
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "x.tif"), "-o", str(out), "-q"]
+    if case == "not_image":
+        (tmp_path / "x.tif").write_text("hello, not a tiff")
+    elif case == "4d":
+        tifffile.imwrite(tmp_path / "x.tif", np.zeros((2, 3, 16, 16), np.uint8))
+    elif case == "empty_folder":
+        (tmp_path / "d").mkdir()
+        args[1] = str(tmp_path / "d")
+    elif case == "nan":
+        tifffile.imwrite(tmp_path / "x.tif", np.full((32, 32), np.nan, np.float32))
+    elif case == "bad_model":
+        tifffile.imwrite(tmp_path / "x.tif", np.zeros((32, 32), np.uint8))
+        (tmp_path / "m.pt").write_bytes(b"junk")
+        args += ["--model", str(tmp_path / "m.pt")]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err and err.strip().startswith("cellunet: error:")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_one_bad_file_does_not_lose_the_batch(tmp_path, sample, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", sample[:96, :96])
+    (tmp_path / "b.tif").write_text("broken")
+    assert main(["segment", str(tmp_path), "-o", str(tmp_path / "out"), "-q"]) == 1
+    assert (tmp_path / "out" / "a_labels.tif").exists()
+    assert list(pd.read_csv(tmp_path / "out" / "counts.csv").file) == ["a.tif"]
+    assert "b.tif" in capsys.readouterr().err
+
+
+def test_models_and_demo_subprocess(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "napari_cellunet.cli", "models"], capture_output=True, text=True)
+    assert out.returncode == 0 and "nuclei-fluo-2d" in out.stdout and "bundled" in out.stdout
+    demo = subprocess.run([sys.executable, "-m", "napari_cellunet.cli", "demo", "-o", str(tmp_path / "demo")],
+                          capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stderr
+    n = int(demo.stdout.split("counted ")[1].split()[0])
+    assert 113 <= n <= 138
+    assert (tmp_path / "demo" / "counts.csv").exists()
+    bad = subprocess.run([sys.executable, "-m", "napari_cellunet.cli", "segment", "nope.tif", "-o",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "no such file" in bad.stderr
+
+
+def test_train_cli_tiny(tmp_path, sample, sample_mask):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i, (y, x) in enumerate([(0, 0), (0, 256), (256, 0)]):
+        tifffile.imwrite(tmp_path / "images" / f"{i}.tif", sample[y:y + 256, x:x + 256])
+        tifffile.imwrite(tmp_path / "masks" / f"{i}.tif", sample_mask[y:y + 256, x:x + 256])
+    code = main(["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--name", "tiny", "--init", "nuclei-fluo-2d", "--minutes", "0.05", "--batch-size", "2",
+                 "--crop", "64"])
+    assert code == 0
+    from napari_cellunet.models import load_model, model_names
+
+    assert "tiny" in model_names()
+    assert load_model("tiny").meta["training_command"].startswith("cellunet train")

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_cellunet.inference import (Cancelled, Progress, blending_weights, normalize_percentile, predict,
+                                       select_device, tile_starts)
+from napari_cellunet.metrics import match
+from napari_cellunet.segment import labels_from_probabilities, normalize_for_model
+
+
+def test_normalize_percentile_robust():
+    x = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    y = normalize_percentile(x)
+    assert np.isclose(np.percentile(y, 1), 0, atol=1e-3) and np.isclose(np.percentile(y, 99.8), 1, atol=1e-3)
+    x[0, 0] = np.nan
+    assert np.isfinite(normalize_percentile(x)).all()
+    assert (normalize_percentile(np.full((5, 5), 7.0)) == 0).all()
+
+
+def test_tile_starts_cover():
+    for size, tile in [(100, 32), (257, 256), (64, 64), (10, 64)]:
+        starts = tile_starts(size, tile, 0.25)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s:s + tile] = True
+        assert covered.all() and starts[-1] + min(tile, size) == size
+    w = blending_weights((32, 32))
+    assert w.shape == (32, 32) and w.min() > 0 and w[16, 16] == w.max()
+
+
+def test_tiled_equals_untiled(bundled_model, sample):
+    img = normalize_for_model(bundled_model, sample[None, :256, :256])
+    whole = predict(bundled_model.net, img, tile=512, precision="fp32")
+    tiled = predict(bundled_model.net, img, tile=128, overlap=0.25, batch_size=8, precision="fp32")
+    assert whole.shape == tiled.shape == (1, 3, 256, 256)
+    diff = np.abs(whole - tiled)
+    assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.1
+    np.testing.assert_allclose(whole.sum(1), 1, atol=1e-4)
+    params = bundled_model.instance_params
+    a = labels_from_probabilities(whole, params, bundled_model.diameter)[0]
+    b = labels_from_probabilities(tiled, params, bundled_model.diameter)[0]
+    assert match(a, b)[0].ap >= 0.9
+
+
+def test_bf16_close_to_fp32(bundled_model, sample):
+    img = normalize_for_model(bundled_model, sample[None, :128, :128])
+    a = predict(bundled_model.net, img, tile=128, precision="fp32")
+    b = predict(bundled_model.net, img, tile=128, precision="bf16")
+    assert np.abs(a - b).mean() < 0.01
+
+
+def test_tta_and_progress_and_cancel(bundled_model, sample):
+    img = normalize_for_model(bundled_model, sample[None, :200, :200])
+    seen: list[Progress] = []
+    out = predict(bundled_model.net, img, tile=64, tta=True, progress=seen.append)
+    assert out.shape == (1, 3, 200, 200)
+    assert seen[0].done == 0 and seen[-1].done == seen[-1].total > 1
+    calls = []
+    with pytest.raises(Cancelled):
+        predict(bundled_model.net, img, tile=64, cancel=lambda: calls.append(1) or len(calls) > 1)
+    assert len(calls) == 2  # stopped right after the first tile batch
+
+
+def test_channel_and_shape_errors(bundled_model):
+    with pytest.raises(ValueError, match="channel"):
+        predict(bundled_model.net, np.zeros((1, 2, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="expected"):
+        predict(bundled_model.net, np.zeros((32, 32), np.float32))
+
+
+def test_device_selection():
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError):
+        select_device("tpu")

@@ -1,0 +1,69 @@
+import numpy as np
+
+from napari_cellunet.instances import InstanceParams, connected_components, probabilities_to_labels, remove_small
+from napari_cellunet.training import labels_to_targets
+
+from conftest import disc_image
+
+
+def probs_from_labels(labels):
+    """Idealised network output: one-hot of the 3-class targets."""
+    t = labels_to_targets(labels)
+    return np.stack([(t == k).astype(np.float32) for k in range(3)])
+
+
+def test_two_touching_discs_give_two_labels():
+    _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)  # overlapping discs: touching cells
+    assert len(np.unique(labels)) == 3
+    out = probabilities_to_labels(probs_from_labels(labels), InstanceParams(min_size=5))
+    assert out.max() == 2
+    # each predicted object covers most of one true object
+    for i in (1, 2):
+        ids, counts = np.unique(out[labels == i], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
+
+
+def test_one_disc_gives_one_label():
+    _, labels = disc_image(centers=((48, 48),), radius=14)
+    out = probabilities_to_labels(probs_from_labels(labels), InstanceParams(min_size=5))
+    assert out.max() == 1
+    assert abs(int((out > 0).sum()) - int((labels > 0).sum())) < 0.05 * (labels > 0).sum()
+
+
+def test_touching_cells_merge_without_boundary_class():
+    """Control: with interior only (no boundary prediction) the two cells merge into one seed."""
+    _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)
+    p = np.stack([(labels == 0), (labels > 0), np.zeros_like(labels)]).astype(np.float32)
+    assert probabilities_to_labels(p).max() == 1
+
+
+def test_seedless_foreground_still_counted_and_min_size():
+    p = np.zeros((3, 40, 40), np.float32)
+    p[0] = 1
+    p[:, 5:15, 5:15] = [[[0.1]], [[0.3]], [[0.6]]]  # foreground but interior below seed threshold
+    p[:, 25:27, 25:27] = [[[0.0]], [[1.0]], [[0.0]]]  # tiny object
+    out = probabilities_to_labels(p, InstanceParams(min_size=10))
+    assert out.max() == 1 and (out[5:15, 5:15] == 1).all()
+    assert probabilities_to_labels(p, InstanceParams(min_size=1, min_seed_size=1)).max() == 2
+
+
+def test_empty_and_3d():
+    assert probabilities_to_labels(np.stack([np.ones((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))])).max() == 0
+    vol = np.zeros((12, 20, 20), np.int32)
+    vol[2:6, 2:8, 2:8] = 1
+    vol[6:10, 10:18, 10:18] = 2
+    out = probabilities_to_labels(probs_from_labels(vol), InstanceParams(min_size=5))
+    assert out.shape == vol.shape and out.max() == 2
+
+
+def test_connected_components_and_remove_small():
+    m = np.zeros((20, 20), bool)
+    m[1:4, 1:4] = True
+    m[10:18, 10:18] = True
+    assert connected_components(m).max() == 2
+    assert connected_components(m, min_size=10).max() == 1
+    lab = np.zeros((10, 10), np.int32)
+    lab[0, 0] = 7
+    lab[5:9, 5:9] = 3
+    out = remove_small(lab, 2)
+    assert sorted(np.unique(out)) == [0, 1] and out[6, 6] == 1

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from napari_cellunet.inference import drive
+from napari_cellunet.models import load_model
+from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, iter_train,
+                                      keep_largest_fragment, labels_to_targets, make_batch, make_sample,
+                                      tune_thresholds)
+from napari_cellunet.instances import InstanceParams
+
+from conftest import disc_image
+
+
+def test_targets_separate_touching_objects():
+    _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)
+    t = labels_to_targets(labels)
+    assert set(np.unique(t)) == {0, 1, 2}
+    # the contact line between the two discs is boundary, not interior
+    contact = (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] > 0) & (labels[:, :-1] > 0)
+    ys, xs = np.nonzero(contact)
+    assert (t[ys, xs] == 2).all() and (t[ys, xs + 1] == 2).all()
+    # interior of each disc splits into two components
+    from scipy import ndimage as ndi
+
+    assert ndi.label(t == 1)[1] == 2
+
+
+def test_keep_largest_fragment():
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:10, 2:10] = 1
+    lab[15, 15] = 1  # stray fragment
+    out = keep_largest_fragment(lab)
+    assert out[15, 15] == 0 and (out[2:10, 2:10] == 1).all()
+
+
+def test_sample_rescaled_to_canonical_diameter_and_batches():
+    img, lab = disc_image(shape=(120, 120), centers=((40, 40), (80, 80)), radius=16)
+    s = make_sample(img, lab, diameter=16.0)
+    d = 2 * np.sqrt((s.labels == 1).sum() / np.pi)
+    assert abs(d - 16) < 2 and s.image.shape == (1, *s.labels.shape)
+    rng = np.random.default_rng(0)
+    x, y = make_batch([s], 3, AugmentConfig(crop=48), rng)
+    assert tuple(x.shape) == (3, 1, 48, 48) and tuple(y.shape) == (3, 48, 48)
+    a, b = augment(s.image, s.labels, AugmentConfig(), np.random.default_rng(1))
+    assert a.shape == s.image.shape and b.shape == s.labels.shape
+
+
+def test_tiny_training_run_saves_loadable_model(tmp_path):
+    pairs = [disc_image(shape=(96, 96), centers=((30 + 5 * i, 30), (60, 60 - 3 * i)), radius=10, seed=i)
+             for i in range(4)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=4, val_every=2, minutes=5,
+                      augment=AugmentConfig(crop=64), seed=3)
+    states = []
+    model = drive(iter_train(pairs[:3], pairs[3:], tmp_path / "tiny.pt", cfg), states.append)
+    vals = [s for s in states if isinstance(s, TrainState) and s.val_ap50 is not None]
+    assert [s.step for s in vals] == [2, 4]
+    loaded = load_model(tmp_path / "tiny.pt")
+    assert loaded.meta["steps"] == 4 and len(loaded.meta["history"]) == 2
+    assert loaded.diameter == 16.0 and loaded.config.base_channels == 4
+    # fine-tuning starts from the given weights and keeps its diameter
+    tuned = drive(iter_train(pairs[:3], [], tmp_path / "ft.pt", TrainConfig(max_steps=1, batch_size=2,
+                                                                            augment=AugmentConfig(crop=64)),
+                             init=loaded))
+    assert tuned.config == loaded.config and load_model(tmp_path / "ft.pt").diameter == 16.0
+
+
+def test_training_is_reproducible(tmp_path):
+    pairs = [disc_image(seed=i) for i in range(2)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=2, minutes=5, precision="fp32",
+                      augment=AugmentConfig(crop=64), seed=7)
+    a = drive(iter_train(pairs, [], tmp_path / "a.pt", cfg))
+    b = drive(iter_train(pairs, [], tmp_path / "b.pt", cfg))
+    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        assert np.allclose(va.numpy(), vb.numpy(), atol=1e-5), k
+
+
+def test_tune_thresholds_picks_best():
+    _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)
+    t = labels_to_targets(labels)
+    p = np.stack([(t == 0), (t == 1) * 0.45, (t == 2) + (t == 1) * 0.55]).astype(np.float32)[None]
+    best, ap = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
+    assert ap == 1.0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
