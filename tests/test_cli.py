@@ -9,6 +9,8 @@ import tifffile
 from napari_cellunet.cli import main
 from napari_cellunet.metrics import match
 
+from conftest import DATA
+
 
 def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
     src = tmp_path / "in" / "nuclei.tif"
@@ -36,10 +38,35 @@ def test_stack_and_rgb_inputs(tmp_path, sample):
                  str(tmp_path / "out"), "-q", "--diameter", "16"]) == 0
     assert tifffile.imread(tmp_path / "out" / "stack_labels.tif").shape == (2, 128, 128)
     assert tifffile.imread(tmp_path / "out" / "rgb_labels.tif").shape == (128, 128)
-    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
-    assert list(counts.slice) == [0, 0, 1] or list(counts.slice) == [0, 1, 0]
-    per_file = counts.groupby("file")["count"].sum()
-    assert (per_file > 5).all()
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv").set_index("file")
+    assert list(counts.loc["stack.tif", "slice"]) == [0, 1]  # plain 3D TIFF: independent slices
+    assert np.isnan(counts.loc["rgb.tif", "slice"])
+    assert (counts["count"] > 5).all()
+
+
+def test_axes_and_mode_options(tmp_path):
+    vol = tifffile.imread(DATA / "img3d.tif")
+    tifffile.imwrite(tmp_path / "vol.tif", vol)
+    assert main(["segment", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "o3"), "-q", "--axes", "ZYX",
+                 "--diameter", "10"]) == 0
+    counts = pd.read_csv(tmp_path / "o3" / "counts.csv")
+    assert len(counts) == 1 and np.isnan(counts.slice[0])  # one 3D count for the volume
+    assert tifffile.imread(tmp_path / "o3" / "vol_labels.tif").shape == vol.shape
+    assert main(["segment", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "ot"), "-q", "--axes", "TYX",
+                 "--diameter", "10"]) == 0
+    counts = pd.read_csv(tmp_path / "ot" / "counts.csv")
+    assert list(counts.frame) == list(range(vol.shape[0]))
+    assert main(["segment", str(tmp_path / "vol.tif"), "-o", str(tmp_path / "ob"), "-q", "--axes", "YX"]) == 1
+
+
+def test_count_labels_cli(tmp_path, capsys):
+    mask = tifffile.imread(DATA / "mask3d.tif")
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    assert main(["count", str(tmp_path / "m.tif"), "-o", str(tmp_path), "--axes", "ZYX"]) == 0
+    assert pd.read_csv(tmp_path / "counts.csv")["count"].tolist() == [len(np.unique(mask)) - 1]
+    assert main(["count", str(tmp_path / "m.tif"), "-o", str(tmp_path), "--axes", "TYX"]) == 0
+    per_frame = pd.read_csv(tmp_path / "counts.csv")
+    assert per_frame["count"].tolist() == [len(np.unique(z)) - (0 in z) for z in mask]
 
 
 @pytest.mark.parametrize("case", ["missing", "not_image", "4d", "empty_folder", "nan", "bad_model"])

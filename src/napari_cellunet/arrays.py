@@ -63,3 +63,60 @@ def as_slices(array, rgb: bool | None = None, name: str = "image") -> Slices:
     if not np.isfinite(data).any():
         raise InputError(f"{name} has no finite values (all NaN/inf)")
     return Slices(data=data, spatial_shape=tuple(a.shape), note=note)
+
+
+def guess_axes(shape: tuple, rgb: bool = False) -> str:
+    """Axes for an array without metadata: YX, (S), and Q for leading stack axes."""
+    n = len(shape) - (1 if rgb else 0)
+    if n < 2:
+        raise InputError(f"need at least 2 spatial dimensions, got shape {shape}")
+    return "Q" * (n - 2) + "YX" + ("S" if rgb else "")
+
+
+def select_channel(array, axes: str, channel: int | None = None, name: str = "image"):
+    """Drop the C axis (picking ``channel``) and convert RGB (S) to grey.
+
+    Returns ``(data, axes, note)`` with axes among T, Z, Q, Y, X.
+    """
+    a = array
+    axes = axes.upper()
+    if len(axes) != a.ndim:
+        raise InputError(f"{name}: axes {axes!r} do not match shape {tuple(a.shape)}")
+    notes = []
+    if "C" in axes:
+        c = axes.index("C")
+        n = a.shape[c]
+        ch = 0 if channel is None else int(channel)
+        if not 0 <= ch < n:
+            raise InputError(f"{name}: channel {ch} out of range (image has {n} channels)")
+        a = np.take(a, ch, axis=c)
+        axes = axes.replace("C", "")
+        if n > 1:
+            notes.append(f"channel {ch} of {n}")
+    if axes.endswith("S"):
+        a = to_grey(np.asarray(a))
+        axes = axes[:-1]
+        notes.append("RGB converted to grey")
+    if not axes.endswith("YX"):
+        raise InputError(f"{name}: the last axes must be YX, got {axes!r}")
+    if len(axes) > 4:
+        raise InputError(f"{name}: unsupported axes {axes!r} (shape {tuple(a.shape)}): at most two axes "
+                         "before YX (e.g. TZYX); pick a channel or use --axes")
+    return a, axes, ", ".join(notes)
+
+
+def check_values(a: np.ndarray, name: str = "image") -> np.ndarray:
+    """Reject empty, non-numeric, huge or all-NaN arrays; return float32."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{name}: unsupported data type {a.dtype} (need numbers)")
+    if a.size == 0:
+        raise InputError(f"{name} is empty (shape {a.shape})")
+    if a.size > MAX_PIXELS:
+        raise InputError(f"{name} is too large ({a.size:,} values); crop it or split it first")
+    if min(a.shape[-2:]) < 4:
+        raise InputError(f"{name}: image too small ({a.shape[-2]}x{a.shape[-1]} pixels)")
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).any():
+        raise InputError(f"{name} has no finite values (all NaN/inf)")
+    return a

@@ -76,7 +76,8 @@ def cmd_segment(args) -> int:
         rows = segment_files(
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
-            seed_threshold=args.seed_threshold, min_size=args.min_size, progress=progress,
+            seed_threshold=args.seed_threshold, min_size=args.min_size, axes=args.axes, mode=args.mode,
+            channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
     except BatchError as err:
         if progress is not None:
@@ -94,6 +95,16 @@ def cmd_segment(args) -> int:
 def _log(msg: str) -> None:
     _end_progress()
     print(msg, file=sys.stderr)
+
+
+def cmd_count(args) -> int:
+    from .batch import count_files
+
+    rows = count_files([Path(p) for p in args.inputs], Path(args.output), axes=args.axes, mode=args.mode,
+                       log=_log)
+    total = sum(r["count"] for r in rows)
+    print(f"{len(rows)} count(s), {total} objects in all; counts.csv in {args.output}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -182,8 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prob-threshold", type=float, default=None)
     s.add_argument("--seed-threshold", type=float, default=None)
     s.add_argument("--min-size", type=int, default=None, help="minimum object size in pixels (0 = auto)")
+    s.add_argument("--axes", default=None,
+                   help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
+    s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],
+                   help="leading axis: 3d = z-stack of 3D objects, frames = time, slices = independent "
+                        "(auto: 3d if there is a Z axis, else frames/slices)")
+    s.add_argument("--channel", type=int, default=None, help="channel to segment (default 0)")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
+
+    c = sub.add_parser("count", help="count objects in existing label images (per frame/slice)")
+    c.add_argument("inputs", nargs="+", help="label TIFF files or folders")
+    c.add_argument("-o", "--output", required=True, help="output folder for counts.csv")
+    c.add_argument("--axes", default=None, help="axes of the labels, e.g. TZYX")
+    c.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"])
+    c.set_defaults(func=cmd_count)
 
     t = sub.add_parser("train", help="train or fine-tune a model on image/label folders")
     t.add_argument("--images", required=True)

@@ -3,8 +3,9 @@
 Images are rescaled so objects have the diameter the model was trained at
 (``model.diameter``), predicted tile by tile, and the probabilities are resized
 back, so labels always have the input's shape. ``diameter="auto"`` estimates the
-object size from a first pass (median equivalent diameter of the detected
-objects) and re-runs at the corrected scale when it is off by more than 15%.
+object size first (median equivalent diameter of the detected
+objects at the scale where they look most like the training objects; see
+:func:`iter_estimate_diameter`), then runs the full image once at that scale.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .inference import Progress, drive, iter_predict, normalize_percentile, resize_spatial
-from .instances import InstanceParams, probabilities_to_labels, remove_small
+from .instances import InstanceParams, probabilities_to_labels
 from .models import CellModel
 
 AUTO = "auto"
-MAX_AUTO_PASSES = 3
-AUTO_TOLERANCE = 1.15  # re-run when the scale is off by more than this factor
+ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
+ESTIMATION_CROP = 384
+ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size  # model pixels per side of the crop used to estimate the diameter
 
 
 @dataclass
@@ -87,7 +89,8 @@ def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
     return np.stack(out).astype(dtype) if out else np.zeros((0,), dtype)
 
 
-def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: PredictOptions):
+def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: PredictOptions,
+                resize_back: bool = True):
     """Predict normalised ``(N, C, *spatial)`` images after rescaling by ``scale``."""
     spatial = images.shape[2:]
     if abs(scale - 1) > 1e-3:
@@ -96,7 +99,51 @@ def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: Predic
     probs = yield from iter_predict(
         model.net, images, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
         device=opts.device, precision=opts.precision, tta=opts.tta)
-    return resize_spatial(probs, spatial)
+    return resize_spatial(probs, spatial) if resize_back else probs
+
+
+def _estimation_crops(x: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Up to 3 evenly spaced slices, centre-cropped to ``size`` model pixels at ``scale``."""
+    idx = np.unique(np.linspace(0, len(x) - 1, min(3, len(x))).round().astype(int))
+    crop = [min(s, int(np.ceil(size / scale))) for s in x.shape[2:]]
+    start = [(s - c) // 2 for s, c in zip(x.shape[2:], crop)]
+    return x[(idx, slice(None), *[slice(a, a + c) for a, c in zip(start, crop)])]
+
+
+def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions,
+                           params: InstanceParams) -> Generator[Progress, None, float | None]:
+    """Typical object diameter (image pixels) of normalised ``(N, C, *spatial)`` slices.
+
+    The network runs on a central crop at several scales, coarsest first. Objects
+    much larger than the training size get fragmented (they look small) and much
+    smaller ones are missed or merged, so the *coarsest* scale at which the found
+    objects have about the trained diameter wins; a last pass at the implied
+    scale refines the estimate. Returns ``None`` when nothing is found.
+    """
+    trained = model.diameter
+
+    def measure_at(scale):
+        crops = _estimation_crops(x, scale, ESTIMATION_CROP)
+        if min(crops.shape[2:]) * scale < 24:
+            return None
+        probs = yield from _predict_at(model, crops, scale, opts, resize_back=False)
+        d = median_diameter(labels_from_probabilities(probs, params, trained))
+        return None if d is None else d / scale
+
+    best = None  # (error, diameter)
+    for scale in ESTIMATION_SCALES:
+        est = yield from measure_at(scale)
+        if est is None:
+            continue
+        err = abs(math.log(est * scale / trained))
+        if best is None or err < best[0]:
+            best = (err, est)
+        if err <= math.log(ESTIMATION_TOLERANCE):
+            break
+    if best is None:
+        return None
+    refined = yield from measure_at(trained / best[1])
+    return refined or best[1]
 
 
 def normalize_for_model(model: CellModel, images: np.ndarray) -> np.ndarray:
@@ -135,18 +182,10 @@ def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions |
         probs = yield from _predict_at(model, x, trained / float(diameter), opts)
         used = float(diameter)
     else:
-        used, scale = trained, 1.0
-        for _ in range(MAX_AUTO_PASSES):
-            probs = yield from _predict_at(model, x, scale, opts)
-            est = median_diameter(labels_from_probabilities(probs, params, used))
-            if est is None:
-                break
-            used = est
-            new_scale = float(np.clip(trained / est, 0.1, 8.0))
-            if max(new_scale / scale, scale / new_scale) <= AUTO_TOLERANCE:
-                break
-            scale = new_scale
-            yield Progress(0, 1, f"estimated diameter {est:.1f} px; re-running at scale {scale:.2f}")
+        est = yield from iter_estimate_diameter(model, x, opts, params)
+        used = est or trained
+        yield Progress(0, 1, f"object diameter ~{used:.1f} px")
+        probs = yield from _predict_at(model, x, trained / used, opts)
     labels = labels_from_probabilities(probs, params, used)
     return Segmentation(probabilities=probs, labels=labels, diameter=used, params=params)
 
@@ -155,8 +194,3 @@ def segment(model: CellModel, images: np.ndarray, options: PredictOptions | None
             params: InstanceParams | None = None, progress=None, cancel=None) -> Segmentation:
     """Blocking form of :func:`iter_segment`."""
     return drive(iter_segment(model, images, options, params), progress, cancel)
-
-
-def relabel_min_size(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Re-apply a minimum size per slice (used when only ``min_size`` changes)."""
-    return np.stack([remove_small(lab, min_size) for lab in labels])

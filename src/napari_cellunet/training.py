@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -232,10 +232,13 @@ class TrainState:
 
 def _val_scores(model: CellModel, val: Sequence[tuple[np.ndarray, np.ndarray]], opts: PredictOptions,
                 params: InstanceParams):
-    """Segment every val image as inference does; return scores and cached probabilities."""
+    """Segment every val image as inference does (at its annotated diameter); return scores and probabilities."""
     cached, pairs = [], []
     for image, truth in val:
-        seg = yield from iter_segment(model, image[None], opts, params)
+        # each val image is run at its annotated object size (when the model rescales), so model
+        # selection measures segmentation, not the diameter estimate (benchmarks/accuracy.py scores "auto")
+        d = median_diameter(truth) if model.diameter else None
+        seg = yield from iter_segment(model, image[None], replace(opts, diameter=d), params)
         cached.append((seg.probabilities, seg.diameter))
         pairs.append((truth, seg.labels[0]))
     return dataset_scores(pairs), cached
@@ -316,7 +319,7 @@ def iter_train(
         **(meta or {}),
     }
     model = CellModel(name=Path(out_path).stem, net=net, meta=dict(base_meta))
-    opts = PredictOptions(diameter="auto", device=str(device), batch_size=8)  # as at inference
+    opts = PredictOptions(device=str(device), batch_size=8)
     best_ap, best_state, history = -1.0, None, []
     t0 = time.monotonic()
     budget = cfg.minutes * 60

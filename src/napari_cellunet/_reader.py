@@ -1,0 +1,57 @@
+"""npe2 reader: TIFF (ImageJ hyperstack, OME-TIFF, plain) -> napari layers with scale and axes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .tiffio import TiffImage, read_tiff
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+LABEL_HINTS = ("label", "mask", "seg")
+
+
+def get_reader(path):
+    """Return a reader for TIFF paths (a path or a list of paths), else None."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths or not all(str(p).lower().endswith(TIFF_SUFFIXES) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path) -> list[tuple]:
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    out = []
+    for p in paths:
+        out += layer_data(read_tiff(p), source=str(p))
+    return out
+
+
+def layer_data(img: TiffImage, source: str = "") -> list[tuple]:
+    """LayerData tuples: channels split via ``channel_axis``; integer '*label*/*mask*' files as Labels."""
+    axes = img.axes
+    data = img.data
+    rgb = img.rgb
+    layer_axes = axes.replace("C", "").replace("S", "")
+    kwargs: dict = {
+        "name": img.name,
+        "scale": img.scale_for(layer_axes),
+        "axis_labels": tuple(a.lower() for a in layer_axes),
+        "metadata": {"axes": layer_axes, "unit": img.unit, "source": source},
+    }
+    is_labels = (np.issubdtype(data.dtype, np.integer) and not rgb
+                 and any(h in img.name.lower() for h in LABEL_HINTS))
+    if is_labels:
+        if "C" in axes:
+            data = np.take(np.asarray(data), 0, axis=axes.index("C"))
+        return [(data, kwargs, "labels")]
+    if "C" in axes and not rgb:
+        c = axes.index("C")
+        n = data.shape[c]
+        kwargs["channel_axis"] = c
+        kwargs["name"] = [f"{img.name} [ch{i}]" for i in range(n)]
+        kwargs["metadata"] = [dict(kwargs["metadata"], channel=i) for i in range(n)]
+    elif rgb:
+        kwargs["rgb"] = True
+    return [(data, kwargs, "image")]

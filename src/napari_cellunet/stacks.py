@@ -1,0 +1,169 @@
+"""Stacks: how a leading axis is treated (z-stack of 3D objects, time, independent slices).
+
+Axes use the letters T (time), Z (depth), Q (unknown stack axis), Y, X; the
+channel has been chosen and RGB converted before this point. Every 2D slice of
+the stack goes through the network in one batched pass; then, per mode:
+
+* ``slices`` / ``frames``: each YX slice gets its own labels (ids unique per slice),
+* ``3d``: the YX probabilities of a z-stack are stacked into a volume and split
+  into 3D objects with 3D seeds (distance-transform peaks of the interior) +
+  watershed, so an object is counted once. When
+  z is coarser than xy (``scale``), the probabilities are resampled to nearly
+  isotropic voxels first, so seeds and watershed see the real shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .inference import Progress
+from .instances import InstanceParams, distance_seeded_labels, remove_small
+from .models import CellModel
+from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
+
+MODES = ("auto", "3d", "frames", "slices")
+
+
+@dataclass
+class StackResult:
+    labels: np.ndarray          # same spatial/time shape as the input
+    axes: str                   # axes of ``labels``
+    mode: str                   # mode used
+    counts: list[int]           # per frame (T), per slice (slices/frames), or [n] for one volume/image
+    count_axis: str             # "frame", "slice", or "image"
+    segmentation: Segmentation  # slice-wise probabilities etc. (probabilities cached for re-labelling)
+
+
+def default_mode(axes: str) -> str:
+    """``3d`` when there is a Z axis, ``frames`` for T without Z, ``slices`` otherwise (2D: ``slices``)."""
+    if "Z" in axes:
+        return "3d"
+    if "T" in axes:
+        return "frames"
+    return "slices"
+
+
+def check_axes(axes: str, shape: Sequence[int]) -> str:
+    axes = axes.upper()
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes!r} do not match an array with {len(shape)} dimensions {tuple(shape)}")
+    if not axes.endswith("YX"):
+        raise ValueError(f"the last two axes must be YX, got {axes!r}")
+    if len(set(axes)) != len(axes) or not set(axes) <= set("TZQYX"):
+        raise ValueError(f"unsupported axes {axes!r}: use T, Z, Q (stack), Y, X (pick a channel first)")
+    if len(axes) > 4:
+        raise ValueError(f"at most two axes before YX are supported, got {axes!r}")
+    return axes
+
+
+def volume_labels(probs: np.ndarray, params: InstanceParams, diameter: float | None,
+                  z_ratio: float = 1.0) -> np.ndarray:
+    """3D instances from ``(Z, classes, Y, X)`` slice-wise probabilities.
+
+    ``z_ratio`` = z step / xy pixel size; above 1.5 the volume is resampled to
+    near-isotropic voxels for seeding and watershed, then sampled back.
+    """
+    vol = np.moveaxis(probs, 0, 1)  # (classes, Z, Y, X)
+    zoom = float(np.clip(round(z_ratio), 1, 8)) if z_ratio > 1.5 else 1.0
+    if zoom > 1:
+        vol = ndi.zoom(vol, (1, zoom, 1, 1), order=1, grid_mode=True, mode="nearest")
+    if params.min_size <= 0:
+        params = replace(params, min_size=int(default_min_size(diameter, dims=3) * zoom))
+    labels = distance_seeded_labels(vol, params, diameter)
+    if zoom > 1:
+        z = probs.shape[0]
+        idx = np.clip(((np.arange(z) + 0.5) * zoom).astype(int), 0, labels.shape[0] - 1)
+        labels = remove_small(labels[idx], 1)
+    return labels
+
+
+def iter_segment_stack(model: CellModel, data: np.ndarray, axes: str, mode: str = "auto",
+                       scale: Sequence[float] | None = None, options: PredictOptions | None = None,
+                       params: InstanceParams | None = None) -> Generator[Progress, None, StackResult]:
+    """Segment a 2D image or a stack with a 2D model; yields progress, returns a :class:`StackResult`."""
+    data = np.asarray(data)
+    axes = check_axes(axes, data.shape)
+    mode = default_mode(axes) if mode in (None, "auto") else mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "3d" and "Z" not in axes and "Q" not in axes:
+        raise ValueError(f"3D mode needs a Z axis, got axes {axes!r}")
+    if model.config.dims != 2:
+        raise ValueError("stack segmentation here uses 2D models; 3D models take a ZYX volume directly")
+    lead = data.shape[:-2]
+    flat = data.reshape((-1,) + data.shape[-2:])
+    seg = yield from iter_segment(model, flat, options, params)
+    return assemble(seg, axes, mode, lead, scale)
+
+
+def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None) -> StackResult:
+    """Turn slice-wise results into labels for ``mode`` (also used to re-label cached probabilities)."""
+    spatial = seg.probabilities.shape[-2:]
+    if len(axes) == 2:
+        return StackResult(seg.labels[0], axes, "2d", seg.counts, "image", seg)
+    if mode != "3d":
+        labels = seg.labels.reshape(lead + spatial)
+        return StackResult(labels, axes, mode, seg.counts, "frame" if mode == "frames" else "slice", seg)
+    zax = "Z" if "Z" in axes else "Q"
+    z_index = axes.index(zax)
+    z_ratio = 1.0
+    if scale is not None and len(scale) == len(axes):
+        z_ratio = float(scale[z_index]) / max(float(scale[-1]), 1e-12)
+    probs = seg.probabilities.reshape(lead + seg.probabilities.shape[1:])
+    if len(lead) == 1:  # ZYX
+        labels = volume_labels(probs, seg.params, seg.diameter, z_ratio)
+        return StackResult(labels, axes, "3d", [int(labels.max())], "image", seg)
+    # TZYX (or ZTYX): one volume per time point
+    t_index = 1 - z_index
+    probs = np.moveaxis(probs, t_index, 0)  # (T, Z, classes, Y, X)
+    vols = [volume_labels(p, seg.params, seg.diameter, z_ratio) for p in probs]
+    n = max((int(v.max()) for v in vols), default=0)
+    labels = np.moveaxis(np.stack(vols).astype(np.uint16 if n < 2**16 else np.uint32), 0, t_index)
+    return StackResult(labels, axes, "3d", [int(v.max()) for v in vols], "frame", seg)
+
+
+def _index_columns(axes: str, lead_index: tuple[int, ...]) -> dict:
+    cols = {"frame": None, "slice": None}
+    for a, i in zip(axes, lead_index):
+        cols["frame" if a == "T" else "slice"] = int(i)
+    return cols
+
+
+def count_rows(labels: np.ndarray, axes: str, mode: str) -> list[dict]:
+    """Counts as rows ``{frame, slice, count}``: per T (and per Z/Q slice unless 3D objects)."""
+    labels = np.asarray(labels)
+    axes = axes.upper()
+    unit = axes[-3:] if mode == "3d" and len(axes) >= 3 and axes[-3] in "ZQ" else axes[-2:]
+    lead = labels.shape[: labels.ndim - len(unit)]
+    rows = []
+    for idx in np.ndindex(*lead) if lead else [()]:
+        block = labels[idx]
+        ids = np.unique(block)
+        rows.append({**_index_columns(axes, idx), "count": int((ids != 0).sum())})
+    return rows
+
+
+def measure_stack(labels: np.ndarray, axes: str, mode: str, intensity: np.ndarray | None = None,
+                  scale: Sequence[float] | None = None):
+    """Measurement table per object, with frame/slice columns for stacks (3D objects measured in 3D)."""
+    import pandas as pd
+
+    from .measure import measure
+
+    labels = np.asarray(labels)
+    axes = axes.upper()
+    unit = 3 if mode == "3d" and len(axes) >= 3 and axes[-3] in "ZQ" else 2
+    lead = labels.shape[: labels.ndim - unit]
+    unit_scale = None if scale is None else tuple(scale)[-unit:]
+    frames = []
+    for idx in np.ndindex(*lead) if lead else [()]:
+        df = measure(labels[idx], None if intensity is None else np.asarray(intensity)[idx], unit_scale)
+        for k, v in reversed(list(_index_columns(axes, idx).items())):
+            if v is not None:
+                df.insert(0, k, v)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

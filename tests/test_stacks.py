@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellunet.inference import drive
+from napari_cellunet.instances import InstanceParams
+from napari_cellunet.metrics import iou_matrix
+from napari_cellunet.segment import PredictOptions
+from napari_cellunet.stacks import (count_rows, default_mode, iter_segment_stack, measure_stack,
+                                    volume_labels)
+from napari_cellunet.training import labels_to_targets
+
+from conftest import DATA
+
+
+def test_default_modes():
+    assert [default_mode(a) for a in ("YX", "ZYX", "TYX", "TZYX", "QYX")] == ["slices", "3d", "frames", "3d",
+                                                                              "slices"]
+
+
+def sphere_probs(z_ratio=1):
+    """Two touching spheres as slice-wise (Z, 3, Y, X) one-hot probabilities."""
+    zz, yy, xx = np.indices((24 // z_ratio, 40, 60))
+    lab = np.zeros(zz.shape, np.int32)
+    for i, cx in enumerate((20, 38), start=1):
+        lab[((zz * z_ratio - 12) ** 2 + (yy - 20) ** 2 + (xx - cx) ** 2) <= 100] = i
+    t = np.stack([labels_to_targets(s) for s in lab])  # boundaries drawn per slice, as a 2D model does
+    return np.stack([(t == k) for k in range(3)], 1).astype(np.float32), lab
+
+
+@pytest.mark.parametrize("z_ratio", [1, 3])
+def test_volume_labels_counts_3d_objects_once(z_ratio):
+    probs, truth = sphere_probs(z_ratio)
+    labels = volume_labels(probs, InstanceParams(min_size=20), diameter=20, z_ratio=z_ratio)
+    assert labels.shape == truth.shape and labels.max() == 2
+    iou, _, _ = iou_matrix(truth, labels)
+    assert (iou.max(1) > 0.6).all()
+
+
+def test_count_rows_and_measure_stack():
+    lab = np.zeros((2, 3, 10, 10), np.uint16)  # TZYX
+    lab[0, 0:2, 1:4, 1:4] = 1
+    lab[0, 2, 6:9, 6:9] = 2
+    lab[1, 1, 1:3, 1:3] = 5
+    rows = count_rows(lab, "TZYX", "3d")
+    assert [(r["frame"], r["slice"], r["count"]) for r in rows] == [(0, None, 2), (1, None, 1)]
+    rows = count_rows(lab, "TZYX", "slices")
+    assert [r["count"] for r in rows] == [1, 1, 1, 0, 1, 0]
+    table = measure_stack(lab, "TZYX", "3d", scale=(1, 2.0, 0.5, 0.5))
+    assert list(table.frame) == [0, 0, 1] and table.area_phys[0] == pytest.approx(18 * 0.5)
+
+
+def test_3d_stack_with_model(bundled_model):
+    vol = tifffile.imread(DATA / "img3d.tif")
+    mask = tifffile.imread(DATA / "mask3d.tif")
+    res = drive(iter_segment_stack(bundled_model, vol, "ZYX", "auto", scale=(1, 1, 1)))
+    assert res.mode == "3d" and res.labels.shape == vol.shape
+    n_true = len(np.unique(mask)) - 1
+    assert abs(res.counts[0] - n_true) <= 0.3 * n_true
+    frames = drive(iter_segment_stack(bundled_model, vol, "TYX", "auto"))
+    assert frames.mode == "frames" and len(frames.counts) == vol.shape[0]
+    with pytest.raises(ValueError, match="axes"):
+        drive(iter_segment_stack(bundled_model, vol, "YX"))
