@@ -80,3 +80,22 @@ def test_tune_thresholds_picks_best():
     p = np.stack([(t == 0), (t == 1) * 0.45, (t == 2) + (t == 1) * 0.55]).astype(np.float32)[None]
     best, ap = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
     assert ap == 1.0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
+
+
+def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):
+    import tifffile
+
+    from conftest import DATA
+    from napari_cellunet.stacks import iter_segment_stack
+
+    vol = tifffile.imread(DATA / "img3d.tif")
+    mask = tifffile.imread(DATA / "mask3d.tif")
+    cfg = TrainConfig(dims=3, depth=2, base_channels=4, batch_size=1, max_steps=2, minutes=5, diameter=None,
+                      augment=AugmentConfig(crop=(16, 32, 32)))
+    model = drive(iter_train([(vol, mask)], [(vol, mask)], tmp_path / "m3d.pt", cfg))
+    loaded = load_model(tmp_path / "m3d.pt")
+    assert loaded.config.dims == 3 and loaded.meta["axes"] == "ZYX"
+    res = drive(iter_segment_stack(loaded, vol, "ZYX", "3d"))
+    assert res.labels.shape == vol.shape and res.mode == "3d"
+    with pytest.raises(ValueError, match="3D model"):
+        drive(iter_segment_stack(loaded, vol, "TYX", "frames"))

@@ -104,7 +104,7 @@ def distance_seeded_labels(probs: np.ndarray, params: InstanceParams, diameter: 
     pieces, n_pieces = ndi.label(interior)
     if n_pieces == 0:
         return np.zeros(interior.shape, dtype=np.uint16)
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior), 1.0)
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior).astype(np.float32), 1.0, output=np.float32)
     min_distance = max(2, int(round(0.4 * (diameter or 10))))
     peaks = peak_local_max(dist, min_distance=min_distance, labels=pieces, exclude_border=False)
     seeds = np.zeros(interior.shape, dtype=np.int32)

@@ -92,12 +92,23 @@ def iter_segment_stack(model: CellModel, data: np.ndarray, axes: str, mode: str 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "3d" and "Z" not in axes and "Q" not in axes:
         raise ValueError(f"3D mode needs a Z axis, got axes {axes!r}")
-    if model.config.dims != 2:
-        raise ValueError("stack segmentation here uses 2D models; 3D models take a ZYX volume directly")
+    if model.config.dims == 3:
+        result = yield from _iter_segment_3d_model(model, data, axes, mode, options, params)
+        return result
     lead = data.shape[:-2]
     flat = data.reshape((-1,) + data.shape[-2:])
     seg = yield from iter_segment(model, flat, options, params)
     return assemble(seg, axes, mode, lead, scale)
+
+
+def _iter_segment_3d_model(model, data, axes, mode, options, params):
+    """A 3D UNet segments each ZYX volume directly (its boundaries are 3D already)."""
+    if len(axes) < 3 or axes[-3] not in "ZQ" or mode != "3d":
+        raise ValueError(f"a 3D model needs a z-stack in 3d mode (axes ending in ZYX), got {axes!r}, mode {mode!r}")
+    vols = data.reshape((-1,) + data.shape[-3:])
+    seg = yield from iter_segment(model, vols, options, params)
+    labels = seg.labels.reshape(data.shape)
+    return StackResult(labels, axes, "3d", seg.counts, "image" if len(axes) == 3 else "frame", seg)
 
 
 def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None) -> StackResult:

@@ -118,7 +118,7 @@ def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path) -> list[tup
 # --------------------------------------------------------------------------- augmentation
 @dataclass
 class AugmentConfig:
-    crop: int = 256
+    crop: int | tuple[int, ...] = 256  # one size for every axis, or one per axis (e.g. (32, 96, 96) for 3D)
     scale_range: tuple[float, float] = (0.6, 1.6)
     gamma_range: tuple[float, float] = (0.6, 1.6)
     noise_std: float = 0.05
@@ -126,10 +126,12 @@ class AugmentConfig:
     invert_prob: float = 0.0
 
 
-def random_crop(sample: Sample, crop: int, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(sample: Sample, crop: int | Sequence[int], scale: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A ``crop``-sized window of ``sample`` zoomed by ``scale`` (zero-padded if small)."""
     dims = sample.labels.ndim
-    src = [max(1, int(round(crop / scale)))] * dims
+    crop = (crop,) * dims if isinstance(crop, int) else tuple(crop)
+    src = [max(1, int(round(c / scale))) for c in crop]
     shape = sample.labels.shape
     starts = []
     for s, c in zip(shape, src):
@@ -138,9 +140,10 @@ def random_crop(sample: Sample, crop: int, scale: float, rng: np.random.Generato
     img, lab = sample.image[(slice(None), *sl)], sample.labels[sl]
     img, lab = rescale_pair(img, lab, scale)
     # pad or trim to exactly `crop`
-    pad = [(0, max(0, crop - s)) for s in lab.shape]
-    img = np.pad(img, [(0, 0)] + pad)[(slice(None),) + (slice(0, crop),) * dims]
-    lab = np.pad(lab, pad)[(slice(0, crop),) * dims]
+    pad = [(0, max(0, c - s)) for c, s in zip(crop, lab.shape)]
+    window = tuple(slice(0, c) for c in crop)
+    img = np.pad(img, [(0, 0)] + pad)[(slice(None), *window)]
+    lab = np.pad(lab, pad)[window]
     return img, lab
 
 
@@ -199,6 +202,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Ten
 # --------------------------------------------------------------------------- training
 @dataclass
 class TrainConfig:
+    dims: int = 2                     # 2 = 2D UNet on images, 3 = 3D UNet on volumes
     diameter: float | None = 16.0     # canonical object diameter (px); None = no rescaling
     depth: int = 4
     base_channels: int = 16
@@ -284,7 +288,7 @@ def iter_train(
         net.load_state_dict(init.net.state_dict())
         diameter = init.diameter
     else:
-        net = UNet(UNetConfig(dims=2, in_channels=1, n_classes=3, depth=cfg.depth,
+        net = UNet(UNetConfig(dims=cfg.dims, in_channels=1, n_classes=3, depth=cfg.depth,
                               base_channels=cfg.base_channels, up_mode=cfg.up_mode, norm=cfg.norm))
         diameter = cfg.diameter
     dims = net.config.dims
