@@ -99,3 +99,16 @@ def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):
     assert res.labels.shape == vol.shape and res.mode == "3d"
     with pytest.raises(ValueError, match="3D model"):
         drive(iter_segment_stack(loaded, vol, "TYX", "frames"))
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    pairs = [disc_image(seed=i) for i in range(3)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=2, val_every=2, minutes=5,
+                      augment=AugmentConfig(crop=64))
+    drive(iter_train(pairs[:2], pairs[2:], tmp_path / "r.pt", cfg))
+    assert (tmp_path / "r.pt.ckpt").exists()
+    cfg.max_steps = 4
+    states = []
+    model = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "r.pt", cfg, resume=True), states.append)
+    steps = [s.step for s in states if isinstance(s, TrainState)]
+    assert steps == [3, 4] and model.meta["steps"] == 4 and len(model.meta["history"]) == 2

@@ -145,7 +145,7 @@ def cmd_train(args) -> int:
             print(f"step {msg.step}: loss {msg.loss:.3f}", file=sys.stderr, flush=True)
 
     model = drive(iter_train([(i, m) for _, i, m in train], [(i, m) for _, i, m in val], tmp_out,
-                             cfg, init=init, meta=meta), report)
+                             cfg, init=init, meta=meta, resume=args.resume), report)
     if out is None:
         path = save_user_model(args.name, model.net, model.meta)
         tmp_out.unlink(missing_ok=True)
@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--invert-prob", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt (written at each validation)")
     t.add_argument("--device", default="auto")
     t.add_argument("--description", default="")
     t.add_argument("--data-note", default="")

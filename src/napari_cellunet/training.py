@@ -270,6 +270,7 @@ def iter_train(
     config: TrainConfig | None = None,
     init: CellModel | None = None,
     meta: dict | None = None,
+    resume: bool = False,
 ) -> Generator[Progress | TrainState, None, CellModel]:
     """Train, validating every ``val_every`` steps; the best model (val AP@0.5) is saved to ``out_path``.
 
@@ -277,6 +278,9 @@ def iter_train(
     ``init`` fine-tunes an existing model (its architecture and diameter win).
     Yields :class:`Progress` and :class:`TrainState`; returns the best model.
     An empty ``val_pairs`` saves the last model instead.
+    A checkpoint (weights, optimizer, step, time used, RNG) is written to
+    ``<out_path>.ckpt`` at every validation; ``resume=True`` continues from it
+    (give a larger ``minutes`` to extend a finished run).
     """
     cfg = config or TrainConfig()
     rng = np.random.default_rng(cfg.seed)
@@ -328,6 +332,17 @@ def iter_train(
     t0 = time.monotonic()
     budget = cfg.minutes * 60
     step, running = 0, None
+    ckpt_path = Path(f"{out_path}.ckpt")
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        step, best_ap, history = int(ck["step"]), float(ck["best_ap"]), list(ck["history"])
+        best_state = ck["best_state"] or None
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        t0 -= float(ck["elapsed"])
+        yield Progress(0, 1, f"resumed at step {step}")
     while step < cfg.max_steps and time.monotonic() - t0 < budget:
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
@@ -358,6 +373,9 @@ def iter_train(
                 best_ap = scores["ap50"]
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 save_model(out_path, net, dict(model.meta, history=history, steps=step))  # best so far
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                        "best_ap": best_ap, "best_state": best_state or {}, "history": history,
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt_path)
             yield TrainState(step, running, scores["ap50"], best_ap)
         else:
             yield TrainState(step, running, None, best_ap if best_ap >= 0 else None)
