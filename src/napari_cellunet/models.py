@@ -145,13 +145,40 @@ def save_model(path: str | os.PathLike, net: UNet, meta: dict | None = None) -> 
     return path
 
 
-def save_user_model(name: str, net: UNet, meta: dict | None = None) -> Path:
-    """Save into the user model folder under ``name`` (refuses bundled names)."""
+def user_model_path(name: str) -> Path:
+    """Where a user model called ``name`` is stored (refuses bundled names and empty names)."""
     safe = _safe_name(name)
     if (bundled_dir() / f"{safe}{SUFFIX}").exists():
         raise ModelError(f"{safe!r} is a bundled model name; choose another name")
-    meta = dict(meta or {}, name=safe)
-    return save_model(user_dir() / f"{safe}{SUFFIX}", net, meta)
+    return user_dir() / f"{safe}{SUFFIX}"
+
+
+def save_user_model(name: str, net: UNet, meta: dict | None = None) -> Path:
+    """Save into the user model folder under ``name`` (refuses bundled names)."""
+    path = user_model_path(name)
+    path = save_model(path, net, dict(meta or {}, name=path.stem))
+    notify_models_changed()
+    return path
+
+
+_listeners: list = []
+
+
+def on_models_changed(callback) -> None:
+    """Call ``callback()`` whenever a user model is saved (bound methods are held weakly)."""
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+    _listeners.append(ref)
+
+
+def notify_models_changed() -> None:
+    for ref in list(_listeners):
+        cb = ref()
+        if cb is None:
+            _listeners.remove(ref)
+        else:
+            cb()
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
