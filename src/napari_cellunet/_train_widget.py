@@ -204,6 +204,8 @@ class TrainWidget(Container, _LayerChoices):
             self._fail(result.message)
             return
         self.last_model = result
+        if result.path is not None:
+            result.path.with_name(result.path.name + ".ckpt").unlink(missing_ok=True)
         notify_models_changed()
         scores = result.meta.get("val_scores_default_thresholds") or {}
         score = f", val AP@0.5 {scores['ap50']:.3f}" if "ap50" in scores else ""

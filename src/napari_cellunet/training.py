@@ -278,9 +278,11 @@ def iter_train(
     ``init`` fine-tunes an existing model (its architecture and diameter win).
     Yields :class:`Progress` and :class:`TrainState`; returns the best model.
     An empty ``val_pairs`` saves the last model instead.
-    A checkpoint (weights, optimizer, step, time used, RNG) is written to
-    ``<out_path>.ckpt`` at every validation; ``resume=True`` continues from it
-    (give a larger ``minutes`` to extend a finished run).
+    A checkpoint (weights, best weights so far, optimizer, step, time used, RNG)
+    is written to ``<out_path>.ckpt`` at every validation; ``out_path`` itself is
+    only written at the end, so a cancelled run never leaves a half-trained model.
+    ``resume=True`` continues from the checkpoint (a larger ``minutes`` extends a
+    finished run).
     """
     cfg = config or TrainConfig()
     rng = np.random.default_rng(cfg.seed)
@@ -372,7 +374,6 @@ def iter_train(
             if scores["ap50"] > best_ap:
                 best_ap = scores["ap50"]
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                save_model(out_path, net, dict(model.meta, history=history, steps=step))  # best so far
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "best_ap": best_ap, "best_state": best_state or {}, "history": history,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt_path)
