@@ -1,0 +1,295 @@
+"""napari widgets, driven through their methods (the Run button path: a real thread_worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.gui
+
+DATA = Path(__file__).parent / "data"
+WAIT_MS = 180_000
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def docked(viewer, cls):
+    """Dock a widget the way napari does from the Plugins menu (npe2 injects a viewer proxy)."""
+    title = {"SegmentWidget": "Segment & count", "CountWidget": "Count labels"}[cls.__name__]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellunet", title)
+    assert isinstance(widget, cls)
+    return widget
+
+
+def run_and_wait(qtbot, widget):
+    worker = widget.run()
+    assert worker is not None, widget.status.value
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    return worker
+
+
+def labels_layers(viewer):
+    return [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
+
+
+def fake_segmenter(calls):
+    """Stand-in for iter_segment: no network; probabilities from the ground-truth mask shape."""
+    from napari_cellunet.inference import Progress
+    from napari_cellunet.segment import Segmentation, labels_from_probabilities
+
+    def fake(model, data, options=None, params=None):
+        calls.append(data.shape)
+        yield Progress(0, 1, "predicting")
+        probs = np.zeros((len(data), 3, *data.shape[1:]), np.float32)
+        yy, xx = np.indices(data.shape[1:])
+        disc = (yy - 40) ** 2 + (xx - 40) ** 2 < 15**2
+        probs[:, 1] = disc
+        probs[:, 0] = ~disc
+        return Segmentation(probs, labels_from_probabilities(probs, params, 20.0), 20.0, params)
+
+    return fake
+
+
+# --------------------------------------------------------------------------- SegmentWidget
+def test_segment_sample_counts_nuclei(viewer, qtbot, sample):
+    from napari_cellunet._sample_data import SAMPLE_COUNT
+    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet.models import DEFAULT_MODEL, load_model
+
+    image = viewer.add_image(sample.copy(), name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
+    w = docked(viewer, SegmentWidget)
+    assert w._image.value == image
+    assert w._model.value == DEFAULT_MODEL
+    defaults = load_model(DEFAULT_MODEL).instance_params
+    assert w.params().prob_threshold == pytest.approx(defaults.prob_threshold)
+    assert w.params().seed_threshold == pytest.approx(defaults.seed_threshold)
+
+    run_and_wait(qtbot, w)
+    lab = viewer.layers["nuclei labels"]
+    n = int(lab.metadata["counts"][0])
+    assert abs(n - SAMPLE_COUNT) <= 0.1 * SAMPLE_COUNT, f"{n} nuclei found, expected about {SAMPLE_COUNT}"
+    assert lab.data.shape == sample.shape
+    assert len(np.unique(lab.data)) - 1 == n
+    assert tuple(lab.scale) == (0.5, 0.5) and tuple(lab.translate) == (10, 20)
+    assert len(lab.features) == n
+    assert lab.features["area_phys"].iloc[0] == pytest.approx(lab.features["area_px"].iloc[0] * 0.25)
+    assert lab.features["mean_intensity"].notna().all()
+    assert lab.metadata["source_layer"] == "nuclei" and lab.metadata["model"] == DEFAULT_MODEL
+    assert lab.metadata["diameter"] > 0
+    assert w.result.value == f"{n} nuclei"
+    np.testing.assert_array_equal(image.data, sample)
+    assert not w._cancel_btn.enabled and w._run_btn.enabled
+
+
+def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch):
+    import napari_cellunet._widget as widget_module
+
+    viewer.add_image(sample, name="nuclei")
+    w = docked(viewer, widget_module.SegmentWidget)
+    run_and_wait(qtbot, w)
+    lab = viewer.layers["nuclei labels"]
+    before = lab.data.copy()
+    n_before = lab.metadata["counts"][0]
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network must not run again for a threshold change")
+
+    monkeypatch.setattr(widget_module, "iter_segment", no_network)
+    w._seed.value = 0.85  # stricter seeds: fewer splits
+    assert w.relabel_count == 1
+    assert w.worker is None
+    assert viewer.layers["nuclei labels"] is lab and len(labels_layers(viewer)) == 1
+    assert lab.metadata["seed_threshold"] == pytest.approx(0.85)
+    assert not np.array_equal(lab.data, before)
+    n_seed = lab.metadata["counts"][0]
+    assert w.result.value == f"{n_seed} nuclei" and len(lab.features) == n_seed
+
+    big = int(lab.features["area_px"].median()) + 1
+    w._min_size.value = big  # drops the smaller half
+    assert w.relabel_count == 2
+    n_big = lab.metadata["counts"][0]
+    assert 0 < n_big < min(n_before, n_seed)
+    assert lab.features["area_px"].min() >= big
+
+    w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
+    w._prob.value = 0.3
+    assert w.relabel_count == 2
+
+
+def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):
+    from napari_cellunet._widget import SegmentWidget
+
+    big = np.tile(sample, (4, 4))
+    image = viewer.add_image(big, name="big")
+    user = viewer.add_labels(np.zeros(big.shape, np.uint8), name="big labels")
+    w = docked(viewer, SegmentWidget)
+    worker = w.run()
+    assert w._cancel_btn.enabled and not w._run_btn.enabled
+    qtbot.waitUntil(lambda: "predicting" in w.status.value, timeout=WAIT_MS)
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        w.cancel()
+    assert w.status.value == "cancelled"
+    assert [lyr.name for lyr in viewer.layers] == ["big", "big labels"]
+    assert viewer.layers["big labels"] is user and not user.data.any()
+    np.testing.assert_array_equal(image.data, big)
+    assert w._run_btn.enabled and not w._cancel_btn.enabled
+    assert w.relabel() is False  # nothing cached from a cancelled run
+
+
+@pytest.mark.parametrize("data, message", [
+    (np.zeros((2, 3, 64, 64), np.float32), "unsupported shape"),
+    (np.full((64, 64), np.nan, np.float32), "no finite values"),
+])
+def test_bad_input_gives_message(viewer, qtbot, data, message):
+    from napari_cellunet._widget import SegmentWidget
+
+    viewer.add_image(data, name="bad")
+    w = docked(viewer, SegmentWidget)
+    assert w.run() is None
+    assert message in w.status.value
+    assert w.worker is None and len(viewer.layers) == 1
+
+
+def test_worker_error_is_a_message(viewer, qtbot, monkeypatch):
+    import napari_cellunet._widget as widget_module
+
+    def broken(model, data, options=None, params=None):
+        yield from ()
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(widget_module, "iter_segment", broken)
+    viewer.add_image(np.ones((64, 64), np.float32), name="img")
+    w = docked(viewer, widget_module.SegmentWidget)
+    run_and_wait(qtbot, w)
+    assert w.status.value == "segmentation failed: out of memory"
+    assert len(viewer.layers) == 1 and w._run_btn.enabled
+
+
+def test_rgb_image_is_converted(viewer, qtbot, sample):
+    from napari_cellunet._widget import SegmentWidget
+
+    crop = sample[:192, :192].astype(np.float32)
+    rgb = np.stack([crop, crop * 0.5, crop * 0.2], axis=-1) / crop.max()
+    image = viewer.add_image(rgb, name="rgb", rgb=True, scale=(2, 2))
+    w = docked(viewer, SegmentWidget)
+    run_and_wait(qtbot, w)
+    lab = viewer.layers["rgb labels"]
+    assert lab.data.shape == (192, 192)
+    assert tuple(lab.scale) == (2, 2)
+    assert lab.metadata["counts"][0] > 5
+    assert "grey" in w.status.value
+    assert image.data.shape == (192, 192, 3)
+
+
+def test_stack_gets_per_slice_counts(viewer, qtbot, sample, monkeypatch):
+    import napari_cellunet._widget as widget_module
+
+    calls = []
+    monkeypatch.setattr(widget_module, "iter_segment", fake_segmenter(calls))
+    stack = np.stack([sample[:128, :128], sample[128:256, :128], sample[:128, 128:256]])
+    viewer.add_image(stack, name="stack", scale=(3, 0.5, 0.5))
+    w = docked(viewer, widget_module.SegmentWidget)
+    run_and_wait(qtbot, w)
+    lab = viewer.layers["stack labels"]
+    assert calls == [(3, 128, 128)]
+    assert lab.data.shape == stack.shape and tuple(lab.scale) == (3, 0.5, 0.5)
+    assert lab.metadata["counts"] == [1, 1, 1]
+    assert sorted(np.unique(lab.data)) == [0, 1, 2, 3]  # every object of the stack has its own id
+    assert list(lab.features["slice"]) == [0, 1, 2]
+    assert w.result.value == "3 nuclei in 3 slices (1, 1, 1)"
+
+
+def test_result_goes_to_source_layer(viewer, qtbot, sample):
+    from napari_cellunet._widget import SegmentWidget
+
+    nuclei = viewer.add_image(sample, name="nuclei")
+    other = viewer.add_image(sample[:64, :64], name="other")
+    w = docked(viewer, SegmentWidget)
+    w._image.value = nuclei
+    worker = w.run()
+    w._image.value = other  # switched while the worker runs
+    assert w.worker is worker
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    assert [lyr.name for lyr in labels_layers(viewer)] == ["nuclei labels"]
+    lab = viewer.layers["nuclei labels"]
+    assert lab.data.shape == sample.shape and lab.metadata["source_layer"] == "nuclei"
+    assert w.result_layer(nuclei) == lab and w.result_layer(other) is None
+    assert w.relabel() is False  # the cache belongs to "nuclei", not the selected "other"
+
+
+def test_user_layer_is_not_overwritten(viewer, qtbot, sample, monkeypatch):
+    import napari_cellunet._widget as widget_module
+
+    calls = []
+    monkeypatch.setattr(widget_module, "iter_segment", fake_segmenter(calls))
+    image = viewer.add_image(sample, name="nuclei")
+    painted = np.zeros(sample.shape, np.uint8)
+    painted[100:120, 100:120] = 7
+    user = viewer.add_labels(painted.copy(), name="nuclei labels")
+    w = docked(viewer, widget_module.SegmentWidget)
+    w._image.value = image
+    run_and_wait(qtbot, w)
+    ours = w.result_layer(image)
+    assert ours is not None and ours != user and ours.name != "nuclei labels"
+    np.testing.assert_array_equal(user.data, painted)
+    assert ours.metadata["counts"] == [1]
+
+    run_and_wait(qtbot, w)  # a second run updates the widget's own layer, no third layer
+    assert len(calls) == 2
+    assert len(labels_layers(viewer)) == 2 and w.result_layer(image) == ours
+    np.testing.assert_array_equal(user.data, painted)
+
+
+# --------------------------------------------------------------------------- CountWidget
+def test_count_painted_labels_and_export(viewer, tmp_path):
+    from napari_cellunet._widget import CountWidget
+
+    yy, xx = np.indices((100, 120))
+    painted = np.zeros((100, 120), np.int32)
+    painted[(yy - 30) ** 2 + (xx - 30) ** 2 <= 10**2] = 1
+    painted[(yy - 60) ** 2 + (xx - 80) ** 2 <= 8**2] = 2
+    painted[70:90, 10:30] = 5
+    image = viewer.add_image(np.where(painted > 0, 100.0, 0.0), name="img")
+    layer = viewer.add_labels(painted.copy(), name="painted", scale=(2, 2))
+    w = docked(viewer, CountWidget)
+    w._labels.value = layer
+    assert w.count() == 3
+    assert w.result.value == "3 objects"
+    assert w.table["area_px"].tolist() == [int((painted == k).sum()) for k in (1, 2, 5)]
+    assert w.table["area_phys"].tolist() == [4 * a for a in w.table["area_px"]]
+    assert w._table.shape[0] == 3
+    np.testing.assert_array_equal(layer.data, painted)  # the user's layer is not modified
+
+    w._intensity.value = image
+    w.count()
+    assert w.table["mean_intensity"].tolist() == [100.0] * 3
+
+    assert w.export() is None and "CSV file" in w.status.value  # no path chosen yet
+    w._path.value = tmp_path / "counts"
+    out = w.export()
+    assert out == tmp_path / "counts.csv"
+    csv = pd.read_csv(out)
+    assert len(csv) == 3 and list(csv["label"]) == [1, 2, 5]
+
+    w._intensity.value = viewer.add_image(np.zeros((10, 10)), name="small")
+    assert w.count() is None and "shape" in w.status.value
+
+
+def test_count_3d_labels(viewer):
+    import tifffile
+
+    from napari_cellunet._widget import CountWidget
+
+    mask = tifffile.imread(DATA / "mask3d.tif")
+    layer = viewer.add_labels(mask, name="mask3d")
+    w = docked(viewer, CountWidget)
+    w._labels.value = layer
+    assert w.count() == 51
+    assert len(w.table) == 51 and "centroid_z" in w.table
+    assert w.result.value == "51 objects (3D)"
