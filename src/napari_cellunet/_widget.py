@@ -22,7 +22,7 @@ from .arrays import InputError, Slices, as_slices, to_grey
 from .inference import Progress, available_devices
 from .instances import InstanceParams
 from .measure import count_objects, measure, measure_slices, write_csv
-from .models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, resolve
+from .models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from .segment import PredictOptions, default_min_size, iter_segment, labels_from_probabilities
 
 if TYPE_CHECKING:
@@ -189,6 +189,7 @@ class SegmentWidget(Container, _LayerChoices):
         self._run_btn.changed.connect(lambda: self.run())
         self._cancel_btn.changed.connect(self.cancel)
         self._watch_layers(viewer)
+        on_models_changed(self.refresh_models)  # a model saved by the Train widget shows up at once
         self._on_model_changed()
 
     # ------------------------------------------------------------------ settings

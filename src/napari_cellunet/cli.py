@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def cmd_train(args) -> int:
         "name": args.name or tmp_out.stem,
         "description": args.description,
         "training_data": args.data_note or f"{args.images} ({len(train)} images)",
-        "training_command": "cellunet " + " ".join(args.argv),
+        "training_command": "cellunet " + shlex.join(args.argv),
         "license": args.license,
     }
     print(f"training on {len(train)} images, validating on {len(val)}, for {args.minutes} min",

@@ -2,7 +2,8 @@
 
 Seeds are the connected components of the thresholded *interior* probability
 (boundaries between touching cells are predicted as a separate class, so
-touching cells give separate seeds). Seeds are grown back over the foreground
+touching cells give separate seeds); components that still join several cells
+are split at peaks of their distance transform. Seeds are grown back over the foreground
 (1 - p_background) by a watershed, so each cell gets its full extent and touching
 cells stay apart. Works for 2D and 3D arrays alike.
 """
@@ -26,6 +27,7 @@ class InstanceParams:
     seed_threshold: float = 0.5   # seeds = p_interior above this
     min_size: int = 10            # objects smaller than this (pixels/voxels) are dropped
     min_seed_size: int = 3        # seed components smaller than this are ignored
+    split_touching: bool = True   # split seed components at distance-transform peaks (needs a diameter)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,6 +36,28 @@ class InstanceParams:
     def from_dict(cls, d: dict | None) -> InstanceParams:
         d = d or {}
         return cls(**{k: type(getattr(cls, k))(d[k]) for k in cls.__dataclass_fields__ if k in d})
+
+
+def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split seed components at peaks of their (smoothed) distance transform.
+
+    Touching cells whose interiors still touch form one component; its distance
+    transform has one peak per cell, at least ~0.4 diameters apart. Components
+    without a clear peak keep one seed. Returns (seeds, watershed landscape).
+    """
+    from skimage.feature import peak_local_max
+
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(pieces > 0).astype(np.float32), 1.0,
+                               output=np.float32)
+    min_distance = max(2, int(round(0.4 * diameter)))
+    peaks = peak_local_max(dist, min_distance=min_distance, labels=pieces, exclude_border=False)
+    seeds = np.zeros(pieces.shape, dtype=np.int32)
+    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    has_peak = np.zeros(int(pieces.max()) + 1, dtype=bool)
+    has_peak[pieces[tuple(peaks.T)]] = True
+    orphans = ~has_peak[pieces] & (pieces > 0)
+    seeds = np.where(orphans, pieces + len(peaks), seeds)
+    return seeds, -dist
 
 
 def _label_dtype(n: int):
@@ -62,8 +86,15 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out.astype(_label_dtype(int(out.max())), copy=False)
 
 
-def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = None) -> np.ndarray:
-    """Instance labels from ``(3, *spatial)`` probabilities (background, interior, boundary)."""
+def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = None,
+                            diameter: float | None = None) -> np.ndarray:
+    """Instance labels from ``(3, *spatial)`` probabilities (background, interior, boundary).
+
+    Seeds are connected components of the interior; with ``diameter`` (pixels)
+    and ``params.split_touching`` they are further split at distance-transform
+    peaks (:func:`split_by_distance`). Foreground blobs without a seed count as
+    one object each. Seeds grow over the foreground by watershed.
+    """
     p = params or InstanceParams()
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim < 3 or probs.shape[0] < 2:
@@ -72,7 +103,11 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     foreground = (1.0 - probs[BACKGROUND]) > p.prob_threshold
     seeds, n = ndi.label((interior > p.seed_threshold) & foreground)
     if n and p.min_seed_size > 1:
-        seeds = remove_small(seeds, p.min_seed_size)
+        seeds = remove_small(seeds, p.min_seed_size).astype(np.int32)
+        n = int(seeds.max())
+    landscape = -interior
+    if n and diameter and p.split_touching:
+        seeds, landscape = split_by_distance(seeds, diameter)
         n = int(seeds.max())
     # Foreground blobs that contain no seed still count as one object each.
     blobs, n_blobs = ndi.label(foreground)
@@ -84,34 +119,5 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
         seeds = np.where(orphans, blobs + n, seeds)
     if seeds.max() == 0:
         return np.zeros(interior.shape, dtype=np.uint16)
-    labels = watershed(-interior, seeds, mask=foreground)
+    labels = watershed(landscape, seeds, mask=foreground)
     return remove_small(labels, p.min_size)
-
-
-def distance_seeded_labels(probs: np.ndarray, params: InstanceParams, diameter: float | None) -> np.ndarray:
-    """Instances whose seeds are peaks of the distance transform of the interior mask.
-
-    Used for volumes assembled from 2D predictions: a 2D model draws boundaries
-    only within each slice, so cells stacked in z touch through their interiors.
-    Peaks of the (smoothed) distance to the interior's border at least ~0.4
-    diameters apart split them; interior pieces without a peak still get a seed.
-    """
-    from skimage.feature import peak_local_max
-
-    probs = np.asarray(probs, dtype=np.float32)
-    foreground = (1.0 - probs[BACKGROUND]) > params.prob_threshold
-    interior = (probs[INTERIOR] > params.seed_threshold) & foreground
-    pieces, n_pieces = ndi.label(interior)
-    if n_pieces == 0:
-        return np.zeros(interior.shape, dtype=np.uint16)
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(interior).astype(np.float32), 1.0, output=np.float32)
-    min_distance = max(2, int(round(0.4 * (diameter or 10))))
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=pieces, exclude_border=False)
-    seeds = np.zeros(interior.shape, dtype=np.int32)
-    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    has_peak = np.zeros(n_pieces + 1, dtype=bool)
-    has_peak[pieces[tuple(peaks.T)]] = True
-    orphans = ~has_peak[pieces] & (pieces > 0)
-    seeds = np.where(orphans, pieces + len(peaks), seeds)
-    labels = watershed(-dist, seeds, mask=foreground)
-    return remove_small(labels, params.min_size)

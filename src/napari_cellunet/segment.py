@@ -83,7 +83,7 @@ def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
     dims = probs.ndim - 2
     if params.min_size <= 0:
         params = replace(params, min_size=default_min_size(diameter, dims))
-    out = [probabilities_to_labels(p, params) for p in probs]
+    out = [probabilities_to_labels(p, params, diameter) for p in probs]
     n = max((int(o.max()) for o in out), default=0)
     dtype = np.uint16 if n < 2**16 else np.uint32
     return np.stack(out).astype(dtype) if out else np.zeros((0,), dtype)

@@ -6,8 +6,9 @@ the stack goes through the network in one batched pass; then, per mode:
 
 * ``slices`` / ``frames``: each YX slice gets its own labels (ids unique per slice),
 * ``3d``: the YX probabilities of a z-stack are stacked into a volume and split
-  into 3D objects with 3D seeds (distance-transform peaks of the interior) +
-  watershed, so an object is counted once. When
+  into 3D objects with 3D seeds (interior components split at distance-transform
+  peaks, which also separates cells stacked in z) + watershed, so an object is
+  counted once. When
   z is coarser than xy (``scale``), the probabilities are resampled to nearly
   isotropic voxels first, so seeds and watershed see the real shape.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .inference import Progress
-from .instances import InstanceParams, distance_seeded_labels, remove_small
+from .instances import InstanceParams, probabilities_to_labels, remove_small
 from .models import CellModel
 from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
 
@@ -73,7 +74,7 @@ def volume_labels(probs: np.ndarray, params: InstanceParams, diameter: float | N
         vol = ndi.zoom(vol, (1, zoom, 1, 1), order=1, grid_mode=True, mode="nearest")
     if params.min_size <= 0:
         params = replace(params, min_size=int(default_min_size(diameter, dims=3) * zoom))
-    labels = distance_seeded_labels(vol, params, diameter)
+    labels = probabilities_to_labels(vol, replace(params, split_touching=True), diameter or 10.0)
     if zoom > 1:
         z = probs.shape[0]
         idx = np.clip(((np.arange(z) + 0.5) * zoom).astype(int), 0, labels.shape[0] - 1)

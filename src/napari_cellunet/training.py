@@ -335,6 +335,7 @@ def iter_train(
     budget = cfg.minutes * 60
     step, running = 0, None
     ckpt_path = Path(f"{out_path}.ckpt")
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
         net.load_state_dict(ck["net"])
