@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--diameter", default="auto")
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--rescale", type=float, default=1.0,
@@ -77,12 +78,13 @@ def main() -> None:
     if args.rescale != 1:
         pairs = [(n, *rescale_pair(img, mask, args.rescale)) for n, img, mask in pairs]
     model = load_model(args.model)
-    opts = PredictOptions(diameter=args.diameter, tta=args.tta)
+    opts = PredictOptions(diameter=args.diameter, tta=args.tta, precision=args.precision)
 
     def run_model(img):
         return segment(model, as_slices(img).data, opts).labels[0]
 
-    results = {f"{model.name} (diameter {args.diameter}{', TTA' if args.tta else ''})": evaluate(pairs, run_model)}
+    name = f"{model.name} (diameter {args.diameter}, {args.precision}{', TTA' if args.tta else ''})"
+    results = {name: evaluate(pairs, run_model)}
     if not args.no_baseline:
         results["Otsu + distance watershed (scikit-image)"] = evaluate(pairs, otsu_watershed)
     print(f"{len(pairs)} images from {Path(args.images)}" + (f", rescaled x{args.rescale}" if args.rescale != 1 else "")

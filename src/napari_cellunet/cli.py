@@ -23,8 +23,10 @@ class CLIError(Exception):
 
 
 def _progress_printer(prefix: str = ""):
-    """A progress callback drawing a one-line bar on stderr."""
+    """A progress callback drawing a one-line bar on stderr (silent when stderr is not a terminal)."""
     state = {"last": 0.0}
+    if not sys.stderr.isatty():
+        return lambda p: None
 
     def show(p) -> None:
         from .inference import Progress
@@ -44,8 +46,9 @@ def _progress_printer(prefix: str = ""):
 
 
 def _end_progress() -> None:
-    sys.stderr.write("\r" + " " * 100 + "\r")
-    sys.stderr.flush()
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 100 + "\r")
+        sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------- commands
