@@ -4,7 +4,7 @@
 
 Prints one line per target with the measured numbers and PASS/FAIL.
 The memory check runs a 60x1024x1024 z-stack (the cells3d nuclei tiled 4x4) in
-a subprocess and reads its peak resident memory.
+a subprocess (diameter given as 45 px, the cells3d nuclei size) and reads its peak resident memory.
 """
 
 from __future__ import annotations
@@ -76,11 +76,13 @@ MEMORY_SNIPPET = """
 import json, resource, sys, time, numpy as np, tifffile
 from napari_cellunet.inference import drive
 from napari_cellunet.models import load_model
+from napari_cellunet.segment import PredictOptions
 from napari_cellunet.stacks import iter_segment_stack
 vol = np.tile(tifffile.imread(sys.argv[1]), (1, 4, 4))
 model = load_model(sys.argv[2])
 t0 = time.perf_counter()
-res = drive(iter_segment_stack(model, vol, "ZYX", "3d", scale=(0.29, 0.26, 0.26)))
+opts = PredictOptions(diameter=float(sys.argv[3]))
+res = drive(iter_segment_stack(model, vol, "ZYX", "3d", scale=(0.29, 0.26, 0.26), options=opts))
 print(json.dumps({"seconds": time.perf_counter() - t0, "count": res.counts[0], "shape": list(vol.shape),
                   "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
@@ -88,7 +90,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "count": res.counts[0], "
 
 def memory(data: Path, model_name: str) -> None:
     out = subprocess.run([sys.executable, "-c", MEMORY_SNIPPET, str(data / "cells3d_nuclei_3d" / "nuclei.tif"),
-                          model_name], capture_output=True, text=True)
+                          model_name, "45"], capture_output=True, text=True)
     if out.returncode:
         report("60x1024x1024 3D run", False, out.stderr.strip().splitlines()[-1])
         return

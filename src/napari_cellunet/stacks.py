@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage as ndi
 
-from .inference import Progress
+from .inference import Progress, resize_spatial
 from .instances import InstanceParams, probabilities_to_labels, remove_small
 from .models import CellModel
 from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
@@ -61,24 +61,44 @@ def check_axes(axes: str, shape: Sequence[int]) -> str:
     return axes
 
 
+POSTPROCESS_DIAMETER = 24.0  # large volumes are post-processed on a grid where objects are about this wide
+MAX_FULLRES_VOXELS = 2**24  # above this, 3D post-processing runs on the coarser grid (bounded memory)
+
+
+def _nearest_upsample(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    idx = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, labels.shape)]
+    return labels[np.ix_(*idx)]
+
+
 def volume_labels(probs: np.ndarray, params: InstanceParams, diameter: float | None,
                   z_ratio: float = 1.0) -> np.ndarray:
     """3D instances from ``(Z, classes, Y, X)`` slice-wise probabilities.
 
-    ``z_ratio`` = z step / xy pixel size; above 1.5 the volume is resampled to
-    near-isotropic voxels for seeding and watershed, then sampled back.
+    ``z_ratio`` = z step / xy pixel size. Seeds and watershed run on a grid with
+    near-isotropic voxels; for volumes above ``MAX_FULLRES_VOXELS`` that grid is
+    coarser, with objects about ``POSTPROCESS_DIAMETER`` wide (bounded memory and
+    time), and the labels are sampled back to the image grid.
     """
-    vol = np.moveaxis(probs, 0, 1)  # (classes, Z, Y, X)
-    zoom = float(np.clip(round(z_ratio), 1, 8)) if z_ratio > 1.5 else 1.0
-    if zoom > 1:
-        vol = ndi.zoom(vol, (1, zoom, 1, 1), order=1, grid_mode=True, mode="nearest")
+    z, n_classes, y, x = probs.shape
+    fxy = 1.0
+    if diameter and z * y * x > MAX_FULLRES_VOXELS:
+        fxy = min(1.0, POSTPROCESS_DIAMETER / diameter)
+    fz = z_ratio * fxy if (z_ratio > 1.5 or fxy < 1) else 1.0
+    grid = (max(1, int(round(z * fz))), max(4, int(round(y * fxy))), max(4, int(round(x * fxy))))
+    if grid != (z, y, x):
+        vol = np.stack([resize_spatial(np.ascontiguousarray(probs[:, c])[None, None], grid)[0, 0]
+                        for c in range(n_classes)])
+    else:
+        vol = np.moveaxis(probs, 0, 1)  # (classes, Z, Y, X)
+    voxel_ratio = np.prod(grid) / (z * y * x)
+    d_grid = (diameter or 10.0) * fxy
     if params.min_size <= 0:
-        params = replace(params, min_size=int(default_min_size(diameter, dims=3) * zoom))
-    labels = probabilities_to_labels(vol, replace(params, split_touching=True), diameter or 10.0)
-    if zoom > 1:
-        z = probs.shape[0]
-        idx = np.clip(((np.arange(z) + 0.5) * zoom).astype(int), 0, labels.shape[0] - 1)
-        labels = remove_small(labels[idx], 1)
+        min_size = default_min_size(d_grid, dims=3)
+    else:
+        min_size = max(1, int(params.min_size * voxel_ratio))
+    labels = probabilities_to_labels(vol, replace(params, split_touching=True, min_size=min_size), d_grid)
+    if grid != (z, y, x):
+        labels = remove_small(_nearest_upsample(labels, (z, y, x)), 1)
     return labels
 
 
