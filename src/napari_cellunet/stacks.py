@@ -92,10 +92,8 @@ def volume_labels(probs: np.ndarray, params: InstanceParams, diameter: float | N
         vol = np.moveaxis(probs, 0, 1)  # (classes, Z, Y, X)
     voxel_ratio = np.prod(grid) / (z * y * x)
     d_grid = (diameter or 10.0) * fxy
-    if params.min_size <= 0:
-        min_size = default_min_size(d_grid, dims=3)
-    else:
-        min_size = max(1, int(params.min_size * voxel_ratio))
+    # 3D objects: at least 10% of a typical nucleus volume (a 2D-style min size of a few px is noise here)
+    min_size = max(int(params.min_size * voxel_ratio), default_min_size(d_grid, dims=3))
     labels = probabilities_to_labels(vol, replace(params, split_touching=True, min_size=min_size), d_grid)
     if grid != (z, y, x):
         labels = remove_small(_nearest_upsample(labels, (z, y, x)), 1)
