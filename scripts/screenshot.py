@@ -1,10 +1,12 @@
 """Screenshots of the real napari window for the README (run under Xvfb on a headless machine).
 
-    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [2d] [timelapse] [3d]
 
 Writes docs/screenshot_segment.png (Segment & count docked after a run on the
 sample) and docs/screenshot_count.png (Count labels docked after counting the
-result layer).
+result layer) for ``2d``; docs/screenshot_timelapse.png (time-lapse sample in
+frames mode with its counts dock) for ``timelapse``; docs/screenshot_3d.png
+(3D sample in 3d mode, 3D view) for ``3d``. Without arguments: all of them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_cellunet._sample_data import load_sample_image
+from napari_cellunet._sample_data import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
 from napari_cellunet._widget import CountWidget, SegmentWidget
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -39,8 +41,93 @@ def save(viewer: napari.Viewer, app: QApplication, name: str) -> Path:
     return path
 
 
+def run_segment(seg: SegmentWidget, app: QApplication) -> bool:
+    """Press Run and wait for the result (False with a message on failure)."""
+    if seg.run() is None:
+        print(f"run failed: {seg.status.value}", file=sys.stderr)
+        return False
+    t0 = time.monotonic()
+    while seg.worker is not None:
+        if time.monotonic() - t0 > 600:
+            print("segmentation did not finish in 10 minutes", file=sys.stderr)
+            return False
+        settle(app, 0.1)
+    return True
+
+
+def new_viewer() -> tuple[napari.Viewer, QApplication]:
+    viewer = napari.Viewer(title="napari-cellunet", show=True)
+    viewer.window._qt_window.resize(*SIZE)
+    return viewer, QApplication.instance()
+
+
+def add_sample(viewer: napari.Viewer, make):
+    (data, kwargs, _), = make()
+    return viewer.add_image(data, **kwargs)
+
+
+def timelapse() -> int:
+    viewer, app = new_viewer()
+    image = add_sample(viewer, sample_timelapse_2d)
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment & count", area="right")
+    seg._image.value = image
+    seg._mode.value = "frames"
+    seg._diameter.value = 18  # "auto" mis-estimates the size on this sample
+    seg._add_points.value = True
+    if not run_segment(seg, app):
+        return 1
+    print(f"timelapse: {seg.result.value} | counts {seg.counts_table['count'].tolist()}")
+    labels = seg.result_layer(image)
+    labels.opacity = 0.5
+    seg.points_layer(image).size = 6
+    viewer.dims.set_current_step(0, 6)
+    viewer.window._qt_window.resize(*SIZE)
+    settle(app, 0.5)
+    viewer.reset_view()
+    save(viewer, app, "screenshot_timelapse.png")
+    viewer.close()
+    return 0
+
+
+def volume() -> int:
+    viewer, app = new_viewer()
+    image = add_sample(viewer, sample_nuclei_3d)
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment & count", area="right")
+    seg._image.value = image
+    seg._mode.value = "3d"
+    if not run_segment(seg, app):
+        return 1
+    print(f"3d: {seg.result.value} | {seg.status.value}")
+    labels = seg.result_layer(image)
+    image.visible = False
+    viewer.dims.ndisplay = 3
+    viewer.layers.selection.active = labels
+    viewer.window._qt_window.resize(*SIZE)
+    settle(app, 0.5)
+    viewer.reset_view()
+    viewer.camera.angles = (-20, 35, 140)
+    viewer.camera.zoom *= 0.85
+    save(viewer, app, "screenshot_3d.png")
+    viewer.close()
+    return 0
+
+
 def main() -> int:
     DOCS.mkdir(exist_ok=True)
+    which = set(sys.argv[1:]) or {"2d", "timelapse", "3d"}
+    rc = 0
+    if "2d" in which:
+        rc |= flat()
+    if "timelapse" in which:
+        rc |= timelapse()
+    if "3d" in which:
+        rc |= volume()
+    return rc
+
+
+def flat() -> int:
     viewer = napari.Viewer(title="napari-cellunet", show=True)
     app = QApplication.instance()
     viewer.window._qt_window.resize(*SIZE)

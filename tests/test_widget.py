@@ -89,6 +89,7 @@ def test_segment_sample_counts_nuclei(viewer, qtbot, sample):
 
 def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch):
     import napari_cellunet._widget as widget_module
+    import napari_cellunet.stacks as stacks
 
     viewer.add_image(sample, name="nuclei")
     w = docked(viewer, widget_module.SegmentWidget)
@@ -100,7 +101,7 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     def no_network(*args, **kwargs):
         raise AssertionError("the network must not run again for a threshold change")
 
-    monkeypatch.setattr(widget_module, "iter_segment", no_network)
+    monkeypatch.setattr(stacks, "iter_segment", no_network)
     w._seed.value = 0.85  # stricter seeds: fewer splits
     assert w.relabel_count == 1
     assert w.worker is None
@@ -143,7 +144,7 @@ def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):
 
 
 @pytest.mark.parametrize("data, message", [
-    (np.zeros((2, 3, 64, 64), np.float32), "unsupported shape"),
+    (np.zeros((2, 3, 64, 64), np.float32), "unsupported axes"),
     (np.full((64, 64), np.nan, np.float32), "no finite values"),
 ])
 def test_bad_input_gives_message(viewer, qtbot, data, message):
@@ -158,12 +159,13 @@ def test_bad_input_gives_message(viewer, qtbot, data, message):
 
 def test_worker_error_is_a_message(viewer, qtbot, monkeypatch):
     import napari_cellunet._widget as widget_module
+    import napari_cellunet.stacks as stacks
 
     def broken(model, data, options=None, params=None):
         yield from ()
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(widget_module, "iter_segment", broken)
+    monkeypatch.setattr(stacks, "iter_segment", broken)
     viewer.add_image(np.ones((64, 64), np.float32), name="img")
     w = docked(viewer, widget_module.SegmentWidget)
     run_and_wait(qtbot, w)
@@ -189,9 +191,10 @@ def test_rgb_image_is_converted(viewer, qtbot, sample):
 
 def test_stack_gets_per_slice_counts(viewer, qtbot, sample, monkeypatch):
     import napari_cellunet._widget as widget_module
+    import napari_cellunet.stacks as stacks
 
     calls = []
-    monkeypatch.setattr(widget_module, "iter_segment", fake_segmenter(calls))
+    monkeypatch.setattr(stacks, "iter_segment", fake_segmenter(calls))
     stack = np.stack([sample[:128, :128], sample[128:256, :128], sample[:128, 128:256]])
     viewer.add_image(stack, name="stack", scale=(3, 0.5, 0.5))
     w = docked(viewer, widget_module.SegmentWidget)
@@ -225,9 +228,10 @@ def test_result_goes_to_source_layer(viewer, qtbot, sample):
 
 def test_user_layer_is_not_overwritten(viewer, qtbot, sample, monkeypatch):
     import napari_cellunet._widget as widget_module
+    import napari_cellunet.stacks as stacks
 
     calls = []
-    monkeypatch.setattr(widget_module, "iter_segment", fake_segmenter(calls))
+    monkeypatch.setattr(stacks, "iter_segment", fake_segmenter(calls))
     image = viewer.add_image(sample, name="nuclei")
     painted = np.zeros(sample.shape, np.uint8)
     painted[100:120, 100:120] = 7
