@@ -38,30 +38,19 @@ def as_slices(array, rgb: bool | None = None, name: str = "image") -> Slices:
     a = np.asarray(array)
     if a.dtype.kind not in "biuf":
         raise InputError(f"{name}: unsupported data type {a.dtype} (need numbers)")
-    if a.size == 0:
-        raise InputError(f"{name} is empty (shape {a.shape})")
-    if a.size > MAX_PIXELS:
-        raise InputError(f"{name} is too large ({a.size:,} values); crop it or split it first")
     note = ""
     if rgb is None:
         rgb = a.ndim == 3 and a.shape[-1] in (3, 4) and a.shape[0] > 4
     if rgb:
-        if a.shape[-1] not in (3, 4):
+        if a.shape[-1] not in (3, 4) or a.size == 0:
             raise InputError(f"{name}: RGB needs 3 or 4 channels last, got shape {a.shape}")
         a = to_grey(a)
         note = "RGB converted to grey (luminance)"
-    if a.ndim == 2:
-        data = a[None]
-    elif a.ndim == 3:
-        data = a
-        note = note or f"{a.shape[0]} slices segmented one by one"
-    else:
+    if a.ndim not in (2, 3):
         raise InputError(f"{name}: unsupported shape {a.shape}; expected (Y, X), (Y, X, RGB) or (N, Y, X)")
-    if min(data.shape[1:]) < 4:
-        raise InputError(f"{name}: image too small ({data.shape[1]}x{data.shape[2]} pixels)")
-    data = data.astype(np.float32, copy=False)
-    if not np.isfinite(data).any():
-        raise InputError(f"{name} has no finite values (all NaN/inf)")
+    if a.ndim == 3 and not note:
+        note = f"{a.shape[0]} slices segmented one by one"
+    data = check_values(a[None] if a.ndim == 2 else a, name)
     return Slices(data=data, spatial_shape=tuple(a.shape), note=note)
 
 
