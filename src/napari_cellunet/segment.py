@@ -23,7 +23,8 @@ from .models import CellModel
 AUTO = "auto"
 ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
 ESTIMATION_CROP = 384
-ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size  # model pixels per side of the crop used to estimate the diameter
+ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size
+MERGE_RATIO = 0.5  # ...unless the next finer scale finds more than 1/MERGE_RATIO times as many objects  # model pixels per side of the crop used to estimate the diameter
 
 
 @dataclass
@@ -124,33 +125,45 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
     The network runs on a central crop at several scales, coarsest first. Objects
     much larger than the training size get fragmented (they look small) and much
     smaller ones are missed or merged, so the *coarsest* scale at which the found
-    objects have about the trained diameter wins; a last pass at the implied
-    scale refines the estimate. Returns ``None`` when nothing is found.
+    objects have about the trained diameter wins, unless the next finer scale
+    finds more than twice as many objects (then they were clumps of merged small
+    nuclei). A last pass at the implied scale refines the estimate. Returns
+    ``None`` when nothing is found.
     """
     trained = model.diameter
 
     def measure_at(scale):
         crops = _estimation_crops(x, scale, ESTIMATION_CROP)
         if min(crops.shape[2:]) * scale < 24:
-            return None
+            return None, 0
         probs = yield from _predict_at(model, crops, scale, opts, resize_back=False)
-        d = median_diameter(labels_from_probabilities(probs, params, trained))
-        return None if d is None else d / scale
+        labels = labels_from_probabilities(probs, params, trained)
+        d = median_diameter(labels)
+        return (None if d is None else d / scale), int(sum(int(lab.max()) for lab in labels))
 
-    best = None  # (error, diameter)
+    def plausible(scale, est):
+        return est is not None and abs(math.log(est * scale / trained)) <= math.log(ESTIMATION_TOLERANCE)
+
+    chosen, best, previous = None, None, None  # best = (error, diameter) over all scales
     for scale in ESTIMATION_SCALES:
-        est = yield from measure_at(scale)
-        if est is None:
-            continue
-        err = abs(math.log(est * scale / trained))
-        if best is None or err < best[0]:
-            best = (err, est)
-        if err <= math.log(ESTIMATION_TOLERANCE):
+        est, n = yield from measure_at(scale)
+        if est is not None:
+            err = abs(math.log(est * scale / trained))
+            best = (err, est) if best is None or err < best[0] else best
+        # accept the previous (coarser) scale unless this finer one finds far more objects:
+        # then the coarse "objects" were clumps of merged small nuclei
+        if previous is not None and plausible(*previous[:2]) and previous[2] >= MERGE_RATIO * n:
+            chosen = previous[1]
             break
-    if best is None:
-        return None
-    refined = yield from measure_at(trained / best[1])
-    return refined or best[1]
+        previous = (scale, est, n)
+    if chosen is None and previous is not None and plausible(*previous[:2]):
+        chosen = previous[1]
+    if chosen is None:
+        if best is None:
+            return None
+        chosen = best[1]
+    refined, _ = yield from measure_at(trained / chosen)
+    return refined or chosen
 
 
 def normalize_for_model(model: CellModel, images: np.ndarray) -> np.ndarray:
