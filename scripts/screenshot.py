@@ -1,12 +1,13 @@
 """Screenshots of the real napari window for the README (run under Xvfb on a headless machine).
 
-    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [2d] [timelapse] [3d]
+    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [2d] [timelapse] [3d] [train]
 
 Writes docs/screenshot_segment.png (Segment & count docked after a run on the
 sample) and docs/screenshot_count.png (Count labels docked after counting the
 result layer) for ``2d``; docs/screenshot_timelapse.png (time-lapse sample in
 frames mode with its counts dock) for ``timelapse``; docs/screenshot_3d.png
-(3D sample in 3d mode, 3D view) for ``3d``. Without arguments: all of them.
+(3D sample in 3d mode, 3D view) for ``3d``; docs/screenshot_train.png (Train widget after
+a 30-second fine-tune) for ``train``. Without arguments: all of them.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def volume() -> int:
 
 def main() -> int:
     DOCS.mkdir(exist_ok=True)
-    which = set(sys.argv[1:]) or {"2d", "timelapse", "3d"}
+    which = set(sys.argv[1:]) or {"2d", "timelapse", "3d", "train"}
     rc = 0
     if "2d" in which:
         rc |= flat()
@@ -124,7 +125,39 @@ def main() -> int:
         rc |= timelapse()
     if "3d" in which:
         rc |= volume()
+    if "train" in which:
+        rc |= train()
     return rc
+
+
+def train() -> int:
+    """Train widget after a short fine-tune on the sample + its corrected labels (the test mask)."""
+    import os
+    import tempfile
+
+    import tifffile
+
+    from napari_cellunet._train_widget import TrainWidget
+
+    os.environ.setdefault("CELLUNET_MODEL_DIR", tempfile.mkdtemp())  # keep the user's model folder clean
+    viewer, app = new_viewer()
+    image = viewer.add_image(load_sample_image(), name="nuclei", colormap="gray")
+    mask = tifffile.imread(Path(__file__).resolve().parents[1] / "tests" / "data" / "nuclei_2d_mask.tif")
+    labels = viewer.add_labels(mask.astype("int32"), name="nuclei labels (corrected)", opacity=0.5)
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train (fine-tune)", area="right")
+    w.add_pair(image, labels)
+    w._name.value = "my-nuclei"
+    w._minutes.value = 0.5
+    if w.train() is None:
+        print(f"train failed: {w.status.value}", file=sys.stderr)
+        return 1
+    while w.worker is not None:
+        settle(app, 0.2)
+    print(f"train: {w.result.value} | {w.status.value}")
+    save(viewer, app, "screenshot_train.png")
+    viewer.close()
+    return 0
 
 
 def flat() -> int:
