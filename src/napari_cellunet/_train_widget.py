@@ -13,9 +13,9 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, PushButton
 from napari.layers import Image, Labels
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
-from ._widget import _Failure, _form, _layer_data, _LayerChoices, _text
+from ._widget import _Failure, _form, _layer_data, _LayerChoices, _text, _WorkerControls
 from .arrays import InputError, as_slices
 from .inference import Progress
 from .models import (DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, notify_models_changed,
@@ -55,7 +55,7 @@ def _train_job(train, val, out_path, cfg: TrainConfig, init: CellModel, meta: di
         return _Failure(f"training failed: {str(err) or type(err).__name__}")
 
 
-class TrainWidget(Container, _LayerChoices):
+class TrainWidget(Container, _LayerChoices, _WorkerControls):
     """Fine-tune a model on (image, Labels) layer pairs and save it in the user model folder."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -79,7 +79,7 @@ class TrainWidget(Container, _LayerChoices):
         self._minutes = FloatSpinBox(label="time budget (min)", value=5.0, min=0.05, max=600, step=1)
         self._val_share = FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.5, step=0.05,
                                        tooltip="share of the annotated slices held out to score the model")
-        self._train_btn = PushButton(text="Train")
+        self._start_btn = self._train_btn = PushButton(text="Train")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self._train_btn, self._cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
@@ -127,10 +127,6 @@ class TrainWidget(Container, _LayerChoices):
         self.pairs_text.value = ("; ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs)
                                  or "no training pairs yet")
 
-    def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
-
     # ------------------------------------------------------------------ train / cancel
     def train(self):
         """Fine-tune in a worker thread; returns the worker (None if it could not start)."""
@@ -174,12 +170,6 @@ class TrainWidget(Container, _LayerChoices):
         worker.start()
         return worker
 
-    def cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-            self._cancel_btn.enabled = False
-            self.status.value = "cancelling…"
-
     def _on_progress(self, msg) -> None:
         if isinstance(msg, TrainState):
             text = f"step {msg.step} · loss {msg.loss:.3f}"
@@ -191,13 +181,6 @@ class TrainWidget(Container, _LayerChoices):
             pbar = self._pbar
             if pbar is not None and msg.message.startswith("step"):
                 pbar.update(max(0, min(msg.done, pbar.total) - pbar.n))
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self._train_btn.enabled, self._cancel_btn.enabled = True, False
 
     def _on_returned(self, result) -> None:
         if isinstance(result, _Failure):

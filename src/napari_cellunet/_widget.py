@@ -197,8 +197,37 @@ class _LayerChoices:
         return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, kind)]
 
 
+class _Messages:
+    """Failure messages: in the widget's status line and as a napari notification (never a traceback)."""
+
+    def _fail(self, message: str) -> None:
+        self.status.value = message
+        show_error(message)
+
+
+class _WorkerControls(_Messages):
+    """Cancel and clean-up for widgets that run a worker.
+
+    Subclasses set ``status``, ``_start_btn``, ``_cancel_btn``, ``_worker`` and ``_pbar``.
+    """
+
+    def cancel(self, *_: Any) -> None:
+        """Stop the running worker at its next step; layers stay as they were."""
+        if self._worker is not None:
+            self._worker.quit()
+            self._cancel_btn.enabled = False
+            self.status.value = "cancelling…"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self._start_btn.enabled, self._cancel_btn.enabled = True, False
+
+
 # --------------------------------------------------------------------------- segment
-class SegmentWidget(Container, _LayerChoices):
+class SegmentWidget(Container, _LayerChoices, _WorkerControls):
     """Segment an image layer with a UNet model, count the objects, add a Labels layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -244,7 +273,7 @@ class SegmentWidget(Container, _LayerChoices):
         for w in (self._diameter, self._min_size):  # 0 reads "auto" (Qt backend)
             if hasattr(w.native, "setSpecialValueText"):
                 w.native.setSpecialValueText("auto")
-        self._run_btn = PushButton(text="Run")
+        self._start_btn = self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self._run_btn, self._cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
@@ -372,10 +401,6 @@ class SegmentWidget(Container, _LayerChoices):
         translate = tuple(float(layer.translate[i]) for i in keep)
         return _Job(layer, name, self._key(layer), data, used, mode, scale, translate, note, model, self.params())
 
-    def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
-
     # ------------------------------------------------------------------ run / cancel
     def run(self):
         """Segment the selected image in a worker thread; returns the worker (None if not started)."""
@@ -409,13 +434,6 @@ class SegmentWidget(Container, _LayerChoices):
         worker.start()
         return worker
 
-    def cancel(self, *_: Any) -> None:
-        """Stop the running segmentation at the next tile batch; layers stay as they were."""
-        if self._worker is not None:
-            self._worker.quit()
-            self._cancel_btn.enabled = False
-            self.status.value = "cancelling…"
-
     def _on_progress(self, p: Progress) -> None:
         self.status.value = f"{p.message} {p.done}/{p.total}" if p.total > 1 else p.message
         pbar = self._pbar  # napari's bar processes events: `finished` may run while it updates
@@ -423,13 +441,6 @@ class SegmentWidget(Container, _LayerChoices):
             if pbar.total != p.total:
                 pbar.reset(total=p.total)
             pbar.update(p.done - pbar.n)
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self._run_btn.enabled, self._cancel_btn.enabled = True, False
 
     def _on_returned(self, job: _Job, result) -> None:
         if isinstance(result, _Failure):
@@ -555,7 +566,7 @@ class SegmentWidget(Container, _LayerChoices):
 
 
 # --------------------------------------------------------------------------- count
-class CountWidget(Container, _LayerChoices):
+class CountWidget(Container, _LayerChoices, _Messages):
     """Count and measure the objects of any Labels layer (segmented or painted by hand)."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -580,10 +591,6 @@ class CountWidget(Container, _LayerChoices):
         self._labels.changed.connect(self._forget)
         self._intensity.changed.connect(self._forget)
         self._watch_layers(viewer)
-
-    def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
 
     def _forget(self, *_: Any) -> None:
         """Another layer was chosen: the table shown no longer applies."""
