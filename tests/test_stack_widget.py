@@ -52,7 +52,7 @@ def fake_segmenter(calls):
     from napari_cellunet.inference import Progress
     from napari_cellunet.segment import Segmentation, labels_from_probabilities
 
-    def fake(model, data, options=None, params=None):
+    def fake(model, data, options=None, params=None, slice_labels=True):
         calls.append((data.shape, np.unique(data).tolist()))
         yield Progress(0, 1, "predicting")
         probs = np.zeros((len(data), 3, *data.shape[1:]), np.float32)

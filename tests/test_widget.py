@@ -43,7 +43,7 @@ def fake_segmenter(calls):
     from napari_cellunet.inference import Progress
     from napari_cellunet.segment import Segmentation, labels_from_probabilities
 
-    def fake(model, data, options=None, params=None):
+    def fake(model, data, options=None, params=None, slice_labels=True):
         calls.append(data.shape)
         yield Progress(0, 1, "predicting")
         probs = np.zeros((len(data), 3, *data.shape[1:]), np.float32)
@@ -161,7 +161,7 @@ def test_worker_error_is_a_message(viewer, qtbot, monkeypatch):
     import napari_cellunet._widget as widget_module
     import napari_cellunet.stacks as stacks
 
-    def broken(model, data, options=None, params=None):
+    def broken(model, data, options=None, params=None, slice_labels=True):
         yield from ()
         raise RuntimeError("out of memory")
 

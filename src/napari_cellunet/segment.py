@@ -45,12 +45,14 @@ class Segmentation:
     """Result of one run over ``N`` slices (a 2D image has ``N == 1``)."""
 
     probabilities: np.ndarray  # (N, n_classes, *spatial), float32, image scale
-    labels: np.ndarray         # (N, *spatial)
+    labels: np.ndarray | None  # (N, *spatial); None when not asked for (3D assembly makes its own)
     diameter: float | None     # object diameter used (pixels), None if not rescaled
     params: InstanceParams = field(default_factory=InstanceParams)
 
     @property
     def counts(self) -> list[int]:
+        if self.labels is None:
+            return []
         return [int(len(np.unique(lab)) - (1 if (lab == 0).any() else 0)) for lab in self.labels]
 
 
@@ -183,8 +185,13 @@ def normalize_for_model(model: CellModel, images: np.ndarray) -> np.ndarray:
 
 
 def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions | None = None,
-                 params: InstanceParams | None = None) -> Generator[Progress, None, Segmentation]:
-    """Segment ``(N, *spatial)`` slices (or ``(N, C, *spatial)``); yields progress, returns a :class:`Segmentation`."""
+                 params: InstanceParams | None = None,
+                 slice_labels: bool = True) -> Generator[Progress, None, Segmentation]:
+    """Segment ``(N, *spatial)`` slices (or ``(N, C, *spatial)``); yields progress, returns a :class:`Segmentation`.
+
+    ``slice_labels=False`` skips the per-slice post-processing (callers that build
+    3D objects from the probabilities do their own).
+    """
     opts = options or PredictOptions()
     params = params or model.instance_params
     x = normalize_for_model(model, images)
@@ -206,7 +213,7 @@ def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions |
         used = est or trained
         yield Progress(0, 1, f"object diameter ~{used:.1f} px")
         probs = yield from _predict_at(model, x, trained / used, opts)
-    labels = labels_from_probabilities(probs, params, used)
+    labels = labels_from_probabilities(probs, params, used) if slice_labels else None
     return Segmentation(probabilities=probs, labels=labels, diameter=used, params=params)
 
 

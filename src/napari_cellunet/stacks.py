@@ -116,7 +116,7 @@ def iter_segment_stack(model: CellModel, data: np.ndarray, axes: str, mode: str 
         return result
     lead = data.shape[:-2]
     flat = data.reshape((-1,) + data.shape[-2:])
-    seg = yield from iter_segment(model, flat, options, params)
+    seg = yield from iter_segment(model, flat, options, params, slice_labels=mode != "3d" or len(axes) == 2)
     return assemble(seg, axes, mode, lead, scale)
 
 
