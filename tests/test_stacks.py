@@ -5,7 +5,7 @@ import tifffile
 from napari_cellunet.inference import drive
 from napari_cellunet.instances import InstanceParams
 from napari_cellunet.metrics import iou_matrix
-from napari_cellunet.segment import PredictOptions
+from napari_cellunet.segment import PredictOptions, normalize_for_model
 from napari_cellunet.stacks import (count_rows, default_mode, iter_segment_stack, measure_stack,
                                     volume_labels)
 from napari_cellunet.training import labels_to_targets
@@ -72,3 +72,23 @@ def test_timelapse_sample_auto_diameter_counts(bundled_model):
     res = drive(iter_segment_stack(bundled_model, movie, "TYX"))
     assert res.mode == "frames" and 10 < res.segmentation.diameter < 25
     assert (np.abs(np.array(res.counts) - truth) <= 0.2 * truth).sum() >= 10
+
+
+def test_zstack_normalised_as_one_volume(bundled_model):
+    rng = np.random.default_rng(0)
+    bright = rng.uniform(100, 1000, (32, 32)).astype(np.float32)
+    slices = np.stack([bright, 0.2 * bright])
+    per_slice = normalize_for_model(bundled_model, slices)
+    joint = normalize_for_model(bundled_model, slices, group=2)
+    assert np.allclose(per_slice[0], per_slice[1], atol=1e-4)       # each slice stretched on its own
+    assert joint[1].max() < 0.35 * joint[0].max()                    # one scale for the stack
+
+
+def test_out_of_focus_planes_of_a_zstack_stay_empty(bundled_model):
+    """The cells3d sample's first ~18 planes hold only blur: no 3D nucleus should reach into them."""
+    from napari_cellunet._sample_data import SAMPLE_PATH
+    vol = tifffile.imread(SAMPLE_PATH.parent / "nuclei_3d.tif").astype(np.float32)
+    res = drive(iter_segment_stack(bundled_model, vol, "ZYX", "3d", scale=(0.29, 0.26, 0.26)))
+    per_plane = (res.labels > 0).mean(axis=(1, 2))
+    assert res.counts[0] >= 5
+    assert per_plane[:12].max() < 0.01 and per_plane[30:45].min() > 0.1

@@ -38,6 +38,7 @@ class PredictOptions:
     device: str = "auto"
     precision: str = "auto"
     tta: bool = False
+    normalize_group: int = 1  # consecutive slices normalised together (a z-stack's Z: one volume, one scale)
 
 
 @dataclass
@@ -168,10 +169,12 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
     return refined or chosen
 
 
-def normalize_for_model(model: CellModel, images: np.ndarray) -> np.ndarray:
+def normalize_for_model(model: CellModel, images: np.ndarray, group: int = 1) -> np.ndarray:
     """``(N, *spatial)`` or ``(N, C, *spatial)`` raw slices -> normalised float32 ``(N, C, *spatial)``.
 
-    Each slice (and channel) is normalised on its own percentiles.
+    Each slice (and channel) is normalised on its own percentiles, or each run of
+    ``group`` consecutive slices on shared ones (the slices of one z-stack, so
+    out-of-focus planes stay dim instead of being stretched to full contrast).
     """
     images = np.asarray(images)
     dims = model.config.dims
@@ -180,6 +183,10 @@ def normalize_for_model(model: CellModel, images: np.ndarray) -> np.ndarray:
     if images.ndim != dims + 2:
         raise ValueError(f"expected (N, [C,] {'Z, ' if dims == 3 else ''}Y, X) slices, got shape {images.shape}")
     low, high = model.normalization
+    if group > 1 and len(images) % group == 0 and len(images) > 1:
+        grouped = images.reshape((len(images) // group, group) + images.shape[1:])
+        axes = (1,) + tuple(range(3, grouped.ndim))
+        return normalize_percentile(grouped, low, high, axis=axes).reshape(images.shape)
     axes = tuple(range(2, images.ndim))
     return normalize_percentile(images, low, high, axis=axes)
 
@@ -194,7 +201,7 @@ def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions |
     """
     opts = options or PredictOptions()
     params = params or model.instance_params
-    x = normalize_for_model(model, images)
+    x = normalize_for_model(model, images, opts.normalize_group)
     trained = model.diameter
     diameter = opts.diameter
     if isinstance(diameter, str) and diameter != AUTO:

@@ -116,6 +116,8 @@ def iter_segment_stack(model: CellModel, data: np.ndarray, axes: str, mode: str 
         return result
     lead = data.shape[:-2]
     flat = data.reshape((-1,) + data.shape[-2:])
+    if mode == "3d" and len(axes) > 2:  # one z-stack = one intensity scale
+        options = replace(options or PredictOptions(), normalize_group=data.shape[-3])
     seg = yield from iter_segment(model, flat, options, params, slice_labels=mode != "3d" or len(axes) == 2)
     return assemble(seg, axes, mode, lead, scale)
 
