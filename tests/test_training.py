@@ -3,7 +3,8 @@ import pytest
 
 from napari_cellunet.inference import drive
 from napari_cellunet.models import load_model
-from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, iter_train,
+from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
+                                      add_halos, add_speckles, contact_weights, iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
                                       tune_thresholds)
 from napari_cellunet.instances import InstanceParams
@@ -39,8 +40,8 @@ def test_sample_rescaled_to_canonical_diameter_and_batches():
     d = 2 * np.sqrt((s.labels == 1).sum() / np.pi)
     assert abs(d - 16) < 2 and s.image.shape == (1, *s.labels.shape)
     rng = np.random.default_rng(0)
-    x, y = make_batch([s], 3, AugmentConfig(crop=48), rng)
-    assert tuple(x.shape) == (3, 1, 48, 48) and tuple(y.shape) == (3, 48, 48)
+    x, y, w = make_batch([s], 3, AugmentConfig(crop=48), rng)
+    assert tuple(x.shape) == (3, 1, 48, 48) and tuple(y.shape) == (3, 48, 48) and w.shape == y.shape
     a, b = augment(s.image, s.labels, AugmentConfig(), np.random.default_rng(1))
     assert a.shape == s.image.shape and b.shape == s.labels.shape
 
@@ -112,3 +113,33 @@ def test_resume_continues_from_checkpoint(tmp_path):
     model = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "r.pt", cfg, resume=True), states.append)
     steps = [s.step for s in states if isinstance(s, TrainState)]
     assert steps == [3, 4] and model.meta["steps"] == 4 and len(model.meta["history"]) == 2
+
+
+def test_contact_weights_mark_only_gaps_between_touching_objects():
+    lab = np.zeros((40, 60), np.int32)
+    lab[10:30, 5:20] = 1
+    lab[10:30, 22:37] = 2   # 2-px gap to object 1
+    lab[10:30, 50:58] = 3   # far from the others
+    w = contact_weights(lab, 4.0)
+    assert w[20, 20] == 5.0 and w[20, 19] == 5.0 and w[20, 22] == 5.0 and w[20, 18] == 1.0  # gap + rims
+    assert w[20, 10] == 1.0 and w[20, 45] == 1.0 and w[20, 54] == 1.0 and w[0, 0] == 1.0
+    assert (contact_weights(lab, 0.0) == 1).all()
+
+
+def test_brightness_field_is_smooth_and_bounded():
+    f = brightness_field((64, 64), 0.25, np.random.default_rng(0))
+    assert f.shape == (64, 64) and f.min() >= 0.25 - 1e-6 and f.max() <= 1 + 1e-6
+    assert np.abs(np.diff(f, axis=0)).max() < 0.1 and f.std() > 0.01
+
+
+def test_halos_only_outside_and_speckles_only_inside_objects():
+    img, lab = disc_image(shape=(64, 64), centers=((32, 32),), radius=10)
+    img = img.astype(np.float32)[None] / img.max()
+    rng = np.random.default_rng(0)
+    halo = add_halos(img, lab, rng)
+    diff = halo - img
+    assert np.allclose(diff[0][lab > 0], 0) and diff[0][lab == 0].max() > 0.02
+    assert diff[0, 0, 0] < 1e-3  # far from the object: untouched
+    spk = add_speckles(img, lab, np.random.default_rng(1))
+    d2 = img - spk
+    assert np.allclose(d2[0][lab == 0], 0) and d2.max() > 0.05
