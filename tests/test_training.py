@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from napari_cellunet.arrays import to_grey
+from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.inference import drive
 from napari_cellunet.models import load_model
 from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
@@ -143,3 +145,27 @@ def test_halos_only_outside_and_speckles_only_inside_objects():
     spk = add_speckles(img, lab, np.random.default_rng(1))
     d2 = img - spk
     assert np.allclose(d2[0][lab == 0], 0) and d2.max() > 0.05
+
+
+def test_inverted_rgb_training_for_dark_objects(tmp_path):
+    """Brightfield/H&E style: dark RGB nuclei on a light background train a grey, inverted model."""
+    def dark_rgb(seed):
+        img, lab = disc_image(shape=(96, 96), seed=seed)
+        return np.repeat((255 - img)[..., None], 3, axis=-1), lab
+
+    img, lab = dark_rgb(0)
+    s = make_sample(img, lab, None, invert=True, grey=True)
+    assert s.image.shape == (1, 96, 96) and s.image[0][lab > 0].mean() > s.image[0][lab == 0].mean() + 0.5
+    pairs = [dark_rgb(i) for i in range(3)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=2, val_every=2, minutes=5,
+                      augment=AugmentConfig(crop=64), invert=True)
+    drive(iter_train(pairs[:2], pairs[2:], tmp_path / "bf.pt", cfg))
+    model = load_model(tmp_path / "bf.pt")
+    assert model.invert and model.config.in_channels == 1
+    x = normalize_for_model(model, np.stack([to_grey(img)]))
+    assert x[0, 0][lab > 0].mean() > x[0, 0][lab == 0].mean() + 0.5   # inference inverts as training did
+    # fine-tuning an inverted model keeps it inverted unless told otherwise
+    tuned = drive(iter_train(pairs[:2], [], tmp_path / "ft.pt", TrainConfig(max_steps=1, batch_size=2,
+                                                                            augment=AugmentConfig(crop=64)),
+                             init=model))
+    assert tuned.invert

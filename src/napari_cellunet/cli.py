@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
-                      contact_weight=args.contact_weight,
+                      contact_weight=args.contact_weight, invert=True if args.invert else None,
                       augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob))
     out = Path(args.out) if args.out else None
     tmp_out = out or Path(f"{args.name}.pt")
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--val-every", type=int, default=200)
     t.add_argument("--invert-prob", type=float, default=0.0)
+    t.add_argument("--invert", action="store_true",
+                   help="dark objects on a light background (brightfield, H&E): train on the inverted image")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,11 @@ class CellModel:
         return float(n.get("low", 1.0)), float(n.get("high", 99.8))
 
     @property
+    def invert(self) -> bool:
+        """Dark objects on a light background: the normalised image is inverted (1 - x)."""
+        return bool(self.meta.get("invert", False))
+
+    @property
     def instance_params(self) -> InstanceParams:
         return InstanceParams.from_dict(self.meta.get("instance_params"))
 

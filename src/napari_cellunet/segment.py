@@ -175,6 +175,7 @@ def normalize_for_model(model: CellModel, images: np.ndarray, group: int = 1) ->
     Each slice (and channel) is normalised on its own percentiles, or each run of
     ``group`` consecutive slices on shared ones (the slices of one z-stack, so
     out-of-focus planes stay dim instead of being stretched to full contrast).
+    Models of dark objects on a light background (``model.invert``) get ``1 - x``.
     """
     images = np.asarray(images)
     dims = model.config.dims
@@ -186,9 +187,10 @@ def normalize_for_model(model: CellModel, images: np.ndarray, group: int = 1) ->
     if group > 1 and len(images) % group == 0 and len(images) > 1:
         grouped = images.reshape((len(images) // group, group) + images.shape[1:])
         axes = (1,) + tuple(range(3, grouped.ndim))
-        return normalize_percentile(grouped, low, high, axis=axes).reshape(images.shape)
-    axes = tuple(range(2, images.ndim))
-    return normalize_percentile(images, low, high, axis=axes)
+        x = normalize_percentile(grouped, low, high, axis=axes).reshape(images.shape)
+    else:
+        x = normalize_percentile(images, low, high, axis=tuple(range(2, images.ndim)))
+    return 1.0 - x if model.invert else x
 
 
 def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions | None = None,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from .arrays import to_grey
 from .inference import Progress, normalize_percentile, resize_spatial, resolve_precision, select_device
 from .instances import BACKGROUND, BOUNDARY, INTERIOR, InstanceParams
 from .metrics import dataset_scores
@@ -104,12 +105,21 @@ def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[n
 
 
 def make_sample(image: np.ndarray, labels: np.ndarray, diameter: float | None,
-                name: str = "", norm: tuple[float, float] = (1.0, 99.8)) -> Sample | None:
-    """Normalise, clean and rescale one annotated image to the canonical ``diameter``."""
+                name: str = "", norm: tuple[float, float] = (1.0, 99.8), invert: bool = False,
+                grey: bool = False) -> Sample | None:
+    """Normalise, clean and rescale one annotated image to the canonical ``diameter``.
+
+    ``grey`` turns a trailing RGB(A) axis into luminance (for one-channel models),
+    ``invert`` maps dark objects on a light background to bright ones (1 - x).
+    """
     labels = keep_largest_fragment(np.asarray(labels).astype(np.int32))
     img = np.asarray(image)
+    if grey and img.ndim == labels.ndim + 1 and img.shape[-1] in (3, 4):
+        img = to_grey(img)
     img = img[None] if img.ndim == labels.ndim else np.moveaxis(img, -1, 0)
     img = normalize_percentile(img, *norm, axis=tuple(range(1, img.ndim)))
+    if invert:
+        img = 1.0 - img
     scale = 1.0
     if diameter:
         d = median_diameter(labels)
@@ -295,6 +305,7 @@ class TrainConfig:
     val_every: int = 200              # steps between validations
     class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     contact_weight: float = 4.0       # extra weight on gaps between touching objects (0 = off)
+    invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
     seed: int = 0
@@ -378,11 +389,15 @@ def iter_train(
                               base_channels=cfg.base_channels, up_mode=cfg.up_mode, norm=cfg.norm))
         diameter = cfg.diameter
     dims = net.config.dims
+    invert = bool(cfg.invert if cfg.invert is not None else (init.invert if init else False))
+    if net.config.in_channels == 1:  # RGB val images are segmented as grey, like training images
+        val_pairs = [(to_grey(i) if i.ndim == lab.ndim + 1 and i.shape[-1] in (3, 4) else i, lab)
+                     for i, lab in val_pairs]
 
     yield Progress(0, len(train_pairs), "preparing training data")
     samples = []
     for i, (img, lab) in enumerate(train_pairs):
-        s = make_sample(img, lab, diameter)
+        s = make_sample(img, lab, diameter, invert=invert, grey=net.config.in_channels == 1)
         if s is not None:
             samples.append(s)
         yield Progress(i + 1, len(train_pairs), "preparing training data")
@@ -401,6 +416,7 @@ def iter_train(
     base_meta = {
         "diameter": diameter,
         "normalization": {"low": 1.0, "high": 99.8},
+        "invert": invert,
         "instance_params": (init.instance_params if init else InstanceParams()).to_dict(),
         "train_config": cfg.to_dict(),
         "n_train_images": len(samples),
