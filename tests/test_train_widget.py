@@ -33,6 +33,7 @@ def test_train_widget_fine_tunes_and_saves(viewer, qtbot, sample, sample_mask):
     assert w.add_pair(img, lab) and w.add_pair(stack, stack_labels)  # stack: only slice 1 is used
     w._name.value = "my-nuclei"
     w._minutes.value = 0.1
+    assert w._objects.value == "as the start model"
     worker = w.train()
     assert worker is not None, w.status.value
     qtbot.waitUntil(lambda: w.worker is None, timeout=180_000)
@@ -40,8 +41,15 @@ def test_train_widget_fine_tunes_and_saves(viewer, qtbot, sample, sample_mask):
     assert "my-nuclei" in model_names() and "my-nuclei" in seg._model.choices
     model = load_model("my-nuclei")
     assert model.meta["training_command"].startswith("napari Train widget: 1 train / 1 val")
-    assert model.diameter == load_model("nuclei-fluo-2d").diameter
+    assert model.diameter == load_model("nuclei-fluo-2d").diameter and not model.invert
     assert "step" in w.result.value
+    # dark objects on a light background: the new model inverts its input
+    w._objects.value = "dark on light (brightfield, H&E)"
+    w._name.value = "my-brightfield"
+    w._minutes.value = 0.05
+    assert w.train() is not None, w.status.value
+    qtbot.waitUntil(lambda: w.worker is None, timeout=180_000)
+    assert load_model("my-brightfield").invert
 
 
 def test_train_widget_refuses_bundled_name_and_cancels(viewer, qtbot, sample, sample_mask):

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import napari
 
 VAL_EVERY = 50  # steps between validations (about a minute on a laptop CPU)
+SAME_AS_START = "as the start model"
+OBJECT_CONTRAST = {SAME_AS_START: None, "bright on dark (fluorescence)": False,
+                   "dark on light (brightfield, H&E)": True}
 
 
 def annotated_slices(image_layer: Image, labels_layer: Labels) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,6 +78,9 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
         self.pairs_text = _text("no training pairs yet")
         self._init = ComboBox(label="start from", choices=lambda w: model_names(),
                               tooltip="model to fine-tune (its size and diameter are kept)")
+        self._objects = ComboBox(label="objects", choices=list(OBJECT_CONTRAST), value=SAME_AS_START,
+                                 tooltip="bright objects (fluorescence) or dark objects on a light background "
+                                         "(brightfield, H&E: the model sees the inverted image)")
         self._name = LineEdit(label="new model name", value="my-model")
         self._minutes = FloatSpinBox(label="time budget (min)", value=5.0, min=0.05, max=600, step=1)
         self._val_share = FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.5, step=0.05,
@@ -86,7 +92,7 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
         self.result = _text("–", big=True)
         self.status = _text()
         self.extend([_form(self._image, self._labels), pair_buttons, self.pairs_text,
-                     _form(self._init, self._name, self._minutes, self._val_share), buttons,
+                     _form(self._init, self._objects, self._name, self._minutes, self._val_share), buttons,
                      self.result, self.status])
         if DEFAULT_MODEL in self._init.choices:
             self._init.value = DEFAULT_MODEL
@@ -150,7 +156,7 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
         train, val = split_pairs(pairs, float(self._val_share.value))
         crop = int(min(256, max(64, min(min(i.shape) for i, _ in train) // 16 * 16)))
         cfg = TrainConfig(minutes=float(self._minutes.value), batch_size=4, val_every=VAL_EVERY,
-                          lr=5e-4, augment=AugmentConfig(crop=crop))
+                          lr=5e-4, augment=AugmentConfig(crop=crop), invert=OBJECT_CONTRAST[self._objects.value])
         meta = {"name": out_path.stem, "description": f"fine-tuned from {init.name} in napari",
                 "training_data": ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs),
                 "training_command": f"napari Train widget: {len(train)} train / {len(val)} val slices, "
