@@ -28,6 +28,10 @@ def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
     table = pd.read_csv(tmp_path / "out" / "nuclei_measurements.csv")
     assert len(table) == n and "area_px" in table
     assert "1 image(s)" in capsys.readouterr().out
+    # --min-brightness drops the dimmer objects
+    assert main(["segment", str(src), "-o", str(tmp_path / "bright"), "-q", "--min-brightness", "0.7"]) == 0
+    bright = pd.read_csv(tmp_path / "bright" / "nuclei_measurements.csv")
+    assert 0 < len(bright) < n and bright.mean_intensity.min() > table.mean_intensity.min()
 
 
 def test_stack_and_rgb_inputs(tmp_path, sample):

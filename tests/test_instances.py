@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from napari_cellunet.instances import InstanceParams, connected_components, probabilities_to_labels, remove_small
 from napari_cellunet.training import labels_to_targets
@@ -67,3 +68,20 @@ def test_connected_components_and_remove_small():
     lab[5:9, 5:9] = 3
     out = remove_small(lab, 2)
     assert sorted(np.unique(out)) == [0, 1] and out[6, 6] == 1
+
+
+def test_drop_dim_objects_keeps_bright_and_drops_dim_rims():
+    from napari_cellunet.instances import drop_dim_objects
+    lab = np.zeros((60, 90), np.uint16)
+    img = np.full(lab.shape, 10.0, np.float32)
+    for i, x in enumerate((5, 25, 45, 65), start=1):
+        lab[20:35, x:x + 15] = i
+        img[20:35, x:x + 15] = 200.0
+    lab[45:55, 10:20] = 5
+    img[45:55, 10:20] = 50.0                      # dim: (50-10)/(200-10) = 0.21 of the bright ones
+    assert drop_dim_objects(lab, img, 0.0) is lab
+    assert drop_dim_objects(lab, img, 0.1).max() == 5
+    out = drop_dim_objects(lab, img, 0.3)
+    assert out.max() == 4 and (out[45:55, 10:20] == 0).all() and out.dtype == lab.dtype
+    with pytest.raises(ValueError, match="shape"):
+        drop_dim_objects(lab, img[:10], 0.3)

@@ -5,8 +5,8 @@ import tifffile
 from napari_cellunet.inference import drive
 from napari_cellunet.instances import InstanceParams
 from napari_cellunet.metrics import iou_matrix
-from napari_cellunet.segment import PredictOptions, normalize_for_model
-from napari_cellunet.stacks import (count_rows, default_mode, iter_segment_stack, measure_stack,
+from napari_cellunet.segment import PredictOptions, Segmentation, normalize_for_model
+from napari_cellunet.stacks import (assemble, count_rows, default_mode, iter_segment_stack, measure_stack,
                                     volume_labels)
 from napari_cellunet.training import labels_to_targets
 
@@ -92,3 +92,30 @@ def test_out_of_focus_planes_of_a_zstack_stay_empty(bundled_model):
     per_plane = (res.labels > 0).mean(axis=(1, 2))
     assert res.counts[0] >= 5
     assert per_plane[:12].max() < 0.01 and per_plane[30:45].min() > 0.1
+
+
+@pytest.mark.parametrize("mode", ["frames", "3d"])
+def test_min_brightness_drops_dim_objects_per_frame_and_volume(mode):
+    probs, truth = sphere_probs()                      # two spheres, (Z, 3, Y, X)
+    image = np.where(truth == 1, 200.0, np.where(truth == 2, 40.0, 10.0)).astype(np.float32)
+    stack_probs = np.concatenate([probs, probs])      # TZYX with T=2, flattened to slices
+    images = np.stack([image, image])
+    seg = Segmentation(stack_probs, None, diameter=20,
+                       params=InstanceParams(min_size=20, min_brightness=0.0))
+    if mode == "frames":                               # each z-slice a frame: T*Z frames
+        from napari_cellunet.segment import labels_from_probabilities
+        seg.labels = labels_from_probabilities(stack_probs, seg.params, 20)
+        axes, lead = "TYX", (len(stack_probs),)
+    else:
+        axes, lead = "TZYX", (2, len(probs))
+    flat = images.reshape(lead + image.shape[-2:])
+    both = assemble(seg, axes, mode, lead, images=flat)
+    seg.params = InstanceParams(min_size=20, min_brightness=0.4)
+    bright = assemble(seg, axes, mode, lead, images=flat)
+    if mode == "3d":
+        assert both.counts == [2, 2] and bright.counts == [1, 1]
+    else:
+        assert max(both.counts) == 2 and max(bright.counts) == 1
+    t = np.stack([truth, truth]).reshape(bright.labels.shape)
+    assert (both.labels[t == 2] > 0).mean() > 0.8 and (bright.labels[t == 2] > 0).mean() < 0.1
+    assert (bright.labels[t == 1] > 0).mean() > 0.8

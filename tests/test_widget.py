@@ -118,9 +118,16 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     assert 0 < n_big < min(n_before, n_seed)
     assert lab.features["area_px"].min() >= big
 
+    dimmest = lab.features["mean_intensity"].min()
+    w._min_bright.value = 0.8  # only objects nearly as bright as the bright ones stay
+    assert w.relabel_count == 3
+    n_bright = lab.metadata["counts"][0]
+    assert 0 < n_bright < n_big and lab.metadata["min_brightness"] == pytest.approx(0.8)
+    assert lab.features["mean_intensity"].min() > dimmest
+
     w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
     w._prob.value = 0.3
-    assert w.relabel_count == 2
+    assert w.relabel_count == 3
 
 
 def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):

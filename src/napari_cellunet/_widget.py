@@ -26,7 +26,8 @@ from .measure import count_objects, measure, write_csv
 from .models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from .segment import PredictOptions, default_min_size, labels_from_probabilities
 from ._counts_dock import counts_frame
-from .stacks import MODES, StackResult, assemble, check_axes, count_rows, default_mode, iter_segment_stack, measure_stack
+from .stacks import (MODES, StackResult, assemble, check_axes, count_rows, default_mode, filter_dim_objects,
+                     iter_segment_stack, measure_stack)
 
 if TYPE_CHECKING:
     import napari
@@ -164,6 +165,7 @@ class _Job:
         seg = self.result.segmentation
         if self.model.config.dims == 3:
             labels = labels_from_probabilities(seg.probabilities, params, seg.diameter)
+            labels = filter_dim_objects(labels, self.data.reshape((-1,) + labels.shape[1:]), params.min_brightness)
             seg = replace(seg, labels=labels, params=params)
             return replace(self.result, labels=labels.reshape(self.data.shape), counts=seg.counts,
                            segmentation=seg)
@@ -172,7 +174,7 @@ class _Job:
         else:
             seg = replace(seg, labels=labels_from_probabilities(seg.probabilities, params, seg.diameter),
                           params=params)
-        return assemble(seg, self.axes, self.mode, self.data.shape[:-2], self.scale)
+        return assemble(seg, self.axes, self.mode, self.data.shape[:-2], self.scale, images=self.data)
 
 
 class _LayerChoices:
@@ -264,6 +266,9 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
                                   tooltip="interior probability for seeds (higher = fewer splits)")
         self._min_size = SpinBox(label="min size (px)", value=0, min=0, max=10_000_000, step=5,
                                  tooltip="drop smaller objects; 0 = auto (10% of a typical object)")
+        self._min_bright = FloatSpinBox(label="min brightness", value=0.0, min=0.0, max=0.9, step=0.05,
+                                        tooltip="drop objects dimmer than this share of the bright objects "
+                                                "(cytoplasm, debris); 0 = off")
         self._tile = SpinBox(label="tile size", value=256, min=64, max=2048, step=64,
                              tooltip="network input tile; larger is faster but needs more memory")
         self._device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
@@ -280,13 +285,13 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self.result = _text("–", big=True)
         self.status = _text()
         self.extend([_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
-                           self._prob, self._seed, self._min_size, self._tile, self._device),
+                           self._prob, self._seed, self._min_size, self._min_bright, self._tile, self._device),
                      self._tta, self._add_points, buttons, self.result, self.status])
 
         if DEFAULT_MODEL in self._model.choices:
             self._model.value = DEFAULT_MODEL
         self._model.changed.connect(self._on_model_changed)
-        for w in (self._prob, self._seed, self._min_size):
+        for w in (self._prob, self._seed, self._min_size, self._min_bright):
             w.changed.connect(self._on_params_changed)
         self._image.changed.connect(self._on_image_changed)
         self._axes.changed.connect(self._on_axes_changed)
@@ -334,6 +339,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         try:
             self._prob.value, self._seed.value = p.prob_threshold, p.seed_threshold
             self._min_size.value = p.min_size
+            self._min_bright.value = p.min_brightness
         finally:
             self._updating = False
         trained = f"trained at {model.diameter:.0f} px diameter" if model.diameter else "no training diameter"
@@ -360,7 +366,8 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
     def params(self) -> InstanceParams:
         """Post-processing parameters as set in the widget."""
         return InstanceParams(prob_threshold=float(self._prob.value), seed_threshold=float(self._seed.value),
-                              min_size=int(self._min_size.value), min_seed_size=self._min_seed_size)
+                              min_size=int(self._min_size.value), min_seed_size=self._min_seed_size,
+                              min_brightness=float(self._min_bright.value))
 
     def _options(self) -> PredictOptions:
         d = float(self._diameter.value)
@@ -489,6 +496,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             "mode": mode, "axes": axes, "diameter": diameter, "prob_threshold": params.prob_threshold,
             "seed_threshold": params.seed_threshold, "min_seed_size": params.min_seed_size,
             "min_size": params.min_size if params.min_size > 0 else default_min_size(diameter, dims),
+            "min_brightness": params.min_brightness,
             "tile": job.key[3], "tta": job.key[4], "counts": counts, "count_axis": result.count_axis,
             "note": job.note,
         }

@@ -80,7 +80,8 @@ def cmd_segment(args) -> int:
         rows = segment_files(
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
-            seed_threshold=args.seed_threshold, min_size=args.min_size, axes=args.axes, mode=args.mode,
+            seed_threshold=args.seed_threshold, min_size=args.min_size, min_brightness=args.min_brightness,
+            axes=args.axes, mode=args.mode,
             channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
     except BatchError as err:
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prob-threshold", type=float, default=None)
     s.add_argument("--seed-threshold", type=float, default=None)
     s.add_argument("--min-size", type=int, default=None, help="minimum object size in pixels (0 = auto)")
+    s.add_argument("--min-brightness", type=float, default=None,
+                   help="drop objects dimmer than this share of the image's bright objects, e.g. 0.4 for "
+                        "cytoplasm halos around nuclei (0 = off)")
     s.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
     s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],

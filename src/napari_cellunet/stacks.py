@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .inference import Progress, resize_spatial
-from .instances import InstanceParams, probabilities_to_labels, remove_small
+from .instances import InstanceParams, drop_dim_objects, probabilities_to_labels, remove_small
 from .models import CellModel
 from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
 
@@ -119,7 +119,7 @@ def iter_segment_stack(model: CellModel, data: np.ndarray, axes: str, mode: str 
     if mode == "3d" and len(axes) > 2:  # one z-stack = one intensity scale
         options = replace(options or PredictOptions(), normalize_group=data.shape[-3])
     seg = yield from iter_segment(model, flat, options, params, slice_labels=mode != "3d" or len(axes) == 2)
-    return assemble(seg, axes, mode, lead, scale)
+    return assemble(seg, axes, mode, lead, scale, images=data)
 
 
 def _iter_segment_3d_model(model, data, axes, mode, options, params):
@@ -128,13 +128,28 @@ def _iter_segment_3d_model(model, data, axes, mode, options, params):
         raise ValueError(f"a 3D model needs a z-stack in 3d mode (axes ending in ZYX), got {axes!r}, mode {mode!r}")
     vols = data.reshape((-1,) + data.shape[-3:])
     seg = yield from iter_segment(model, vols, options, params)
+    seg = replace(seg, labels=filter_dim_objects(seg.labels, vols, seg.params.min_brightness))
     labels = seg.labels.reshape(data.shape)
     return StackResult(labels, axes, "3d", seg.counts, "image" if len(axes) == 3 else "frame", seg)
 
 
-def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None) -> StackResult:
-    """Turn slice-wise results into labels for ``mode`` (also used to re-label cached probabilities)."""
+def filter_dim_objects(labels: np.ndarray, images: np.ndarray | None, min_brightness: float) -> np.ndarray:
+    """:func:`~napari_cellunet.instances.drop_dim_objects` on each ``(N, *spatial)`` unit (slice or volume)."""
+    if images is None or min_brightness <= 0:
+        return labels
+    images = np.asarray(images).reshape(labels.shape)
+    return np.stack([drop_dim_objects(lab, img, min_brightness) for lab, img in zip(labels, images)])
+
+
+def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None,
+             images: np.ndarray | None = None) -> StackResult:
+    """Turn slice-wise results into labels for ``mode`` (also used to re-label cached probabilities).
+
+    ``images`` (the segmented data, channel picked) enables ``params.min_brightness``.
+    """
     spatial = seg.probabilities.shape[-2:]
+    if seg.labels is not None and (mode != "3d" or len(axes) == 2):
+        seg = replace(seg, labels=filter_dim_objects(seg.labels, images, seg.params.min_brightness))
     if len(axes) == 2:
         return StackResult(seg.labels[0], axes, "2d", seg.counts, "image", seg)
     if mode != "3d":
@@ -148,11 +163,15 @@ def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None) -
     probs = seg.probabilities.reshape(lead + seg.probabilities.shape[1:])
     if len(lead) == 1:  # ZYX
         labels = volume_labels(probs, seg.params, seg.diameter, z_ratio)
+        labels = filter_dim_objects(labels[None], images, seg.params.min_brightness)[0]
         return StackResult(labels, axes, "3d", [int(labels.max())], "image", seg)
     # TZYX (or ZTYX): one volume per time point
     t_index = 1 - z_index
     probs = np.moveaxis(probs, t_index, 0)  # (T, Z, classes, Y, X)
     vols = [volume_labels(p, seg.params, seg.diameter, z_ratio) for p in probs]
+    if images is not None:
+        vols = list(filter_dim_objects(np.stack(vols), np.moveaxis(np.asarray(images).reshape(lead + spatial),
+                                                                    t_index, 0), seg.params.min_brightness))
     n = max((int(v.max()) for v in vols), default=0)
     labels = np.moveaxis(np.stack(vols).astype(np.uint16 if n < 2**16 else np.uint32), 0, t_index)
     return StackResult(labels, axes, "3d", [int(v.max()) for v in vols], "frame", seg)
