@@ -45,13 +45,18 @@ def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, 
     Touching cells whose interiors still touch form one component; its distance
     transform has one peak per cell, at least ~0.4 diameters apart. Components
     without a clear peak keep one seed. Returns (seeds, watershed landscape).
+    Peaks are searched once over the whole image (a per-component search is
+    several times slower on images with hundreds of nuclei; a peak suppressed by
+    a neighbour's only means its component keeps one seed).
     """
     from skimage.feature import peak_local_max
 
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(pieces > 0).astype(np.float32), 1.0,
                                output=np.float32)
     min_distance = max(2, int(round(0.4 * diameter)))
-    peaks = peak_local_max(dist, min_distance=min_distance, labels=pieces, exclude_border=False)
+    peaks = peak_local_max(dist, min_distance=min_distance, exclude_border=False)
+    if len(peaks):
+        peaks = peaks[pieces[tuple(peaks.T)] > 0]
     seeds = np.zeros(pieces.shape, dtype=np.int32)
     seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     has_peak = np.zeros(int(pieces.max()) + 1, dtype=bool)
