@@ -128,9 +128,12 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
         tifffile.imwrite(tmp_path / "masks" / f"{i}.tif", sample_mask[y:y + 256, x:x + 256])
     code = main(["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--name", "tiny", "--init", "nuclei-fluo-2d", "--minutes", "0.05", "--batch-size", "2",
-                 "--crop", "64"])
+                 "--crop", "64", "--classic-augment", "--contact-weight", "0"])
     assert code == 0
     from napari_cellunet.models import load_model, model_names
 
     assert "tiny" in model_names()
-    assert load_model("tiny").meta["training_command"].startswith("cellunet train")
+    meta = load_model("tiny").meta
+    assert meta["training_command"].startswith("cellunet train")
+    cfg = meta["train_config"]
+    assert cfg["contact_weight"] == 0 and cfg["augment"]["halo_prob"] == 0 and cfg["augment"]["field_prob"] == 0

@@ -112,6 +112,9 @@ def cmd_count(args) -> int:
     return 0
 
 
+CLASSIC_AUGMENT = {"field_prob": 0.0, "halo_prob": 0.0, "speckle_prob": 0.0}
+
+
 def cmd_train(args) -> int:
     from .inference import drive
     from .models import load_model, save_user_model
@@ -128,7 +131,8 @@ def cmd_train(args) -> int:
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
                       contact_weight=args.contact_weight, invert=True if args.invert else None,
-                      augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob))
+                      augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob,
+                                            **(CLASSIC_AUGMENT if args.classic_augment else {})))
     out = Path(args.out) if args.out else None
     tmp_out = out or Path(f"{args.name}.pt")
     meta = {
@@ -237,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert-prob", type=float, default=0.0)
     t.add_argument("--invert", action="store_true",
                    help="dark objects on a light background (brightfield, H&E): train on the inverted image")
+    t.add_argument("--classic-augment", action="store_true",
+                   help="no brightness-field, halo or speckle augmentation (as stage 1 of the bundled model)")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--seed", type=int, default=0)
