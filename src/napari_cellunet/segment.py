@@ -22,9 +22,9 @@ from .models import CellModel
 
 AUTO = "auto"
 ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
-ESTIMATION_CROP = 384
+ESTIMATION_CROP = 384  # model pixels per side of the crop used to estimate the diameter
 ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size
-MERGE_RATIO = 0.5  # ...unless the next finer scale finds more than 1/MERGE_RATIO times as many objects  # model pixels per side of the crop used to estimate the diameter
+MERGE_RATIO = 0.5  # ...unless the next finer scale finds more than 1/MERGE_RATIO times as many objects
 
 
 @dataclass

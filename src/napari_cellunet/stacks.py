@@ -169,9 +169,9 @@ def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None,
     t_index = 1 - z_index
     probs = np.moveaxis(probs, t_index, 0)  # (T, Z, classes, Y, X)
     vols = [volume_labels(p, seg.params, seg.diameter, z_ratio) for p in probs]
-    if images is not None:
-        vols = list(filter_dim_objects(np.stack(vols), np.moveaxis(np.asarray(images).reshape(lead + spatial),
-                                                                    t_index, 0), seg.params.min_brightness))
+    if images is not None and seg.params.min_brightness > 0:
+        per_frame = np.moveaxis(np.asarray(images).reshape(lead + spatial), t_index, 0)
+        vols = list(filter_dim_objects(np.stack(vols), per_frame, seg.params.min_brightness))
     n = max((int(v.max()) for v in vols), default=0)
     labels = np.moveaxis(np.stack(vols).astype(np.uint16 if n < 2**16 else np.uint32), 0, t_index)
     return StackResult(labels, axes, "3d", [int(v.max()) for v in vols], "frame", seg)

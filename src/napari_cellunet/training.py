@@ -104,6 +104,13 @@ def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[n
     return img, lab
 
 
+def grey_if_rgb(image: np.ndarray, spatial_ndim: int) -> np.ndarray:
+    """Luminance of an image with a trailing RGB(A) axis; other images unchanged."""
+    if image.ndim == spatial_ndim + 1 and image.shape[-1] in (3, 4):
+        return to_grey(image)
+    return image
+
+
 def make_sample(image: np.ndarray, labels: np.ndarray, diameter: float | None,
                 name: str = "", norm: tuple[float, float] = (1.0, 99.8), invert: bool = False,
                 grey: bool = False) -> Sample | None:
@@ -114,8 +121,8 @@ def make_sample(image: np.ndarray, labels: np.ndarray, diameter: float | None,
     """
     labels = keep_largest_fragment(np.asarray(labels).astype(np.int32))
     img = np.asarray(image)
-    if grey and img.ndim == labels.ndim + 1 and img.shape[-1] in (3, 4):
-        img = to_grey(img)
+    if grey:
+        img = grey_if_rgb(img, labels.ndim)
     img = img[None] if img.ndim == labels.ndim else np.moveaxis(img, -1, 0)
     img = normalize_percentile(img, *norm, axis=tuple(range(1, img.ndim)))
     if invert:
@@ -391,8 +398,7 @@ def iter_train(
     dims = net.config.dims
     invert = bool(cfg.invert if cfg.invert is not None else (init.invert if init else False))
     if net.config.in_channels == 1:  # RGB val images are segmented as grey, like training images
-        val_pairs = [(to_grey(i) if i.ndim == lab.ndim + 1 and i.shape[-1] in (3, 4) else i, lab)
-                     for i, lab in val_pairs]
+        val_pairs = [(grey_if_rgb(i, lab.ndim), lab) for i, lab in val_pairs]
 
     yield Progress(0, len(train_pairs), "preparing training data")
     samples = []
