@@ -137,3 +137,4 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
     assert meta["training_command"].startswith("cellunet train")
     cfg = meta["train_config"]
     assert cfg["contact_weight"] == 0 and cfg["augment"]["halo_prob"] == 0 and cfg["augment"]["field_prob"] == 0
+    assert cfg["augment"]["texture_prob"] == 0

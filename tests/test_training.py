@@ -6,7 +6,7 @@ from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.inference import drive
 from napari_cellunet.models import load_model
 from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
-                                      add_halos, add_speckles, contact_weights, iter_train,
+                                      add_halos, add_speckles, add_texture, contact_weights, iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
                                       tune_thresholds)
 from napari_cellunet.instances import InstanceParams
@@ -134,7 +134,7 @@ def test_brightness_field_is_smooth_and_bounded():
     assert np.abs(np.diff(f, axis=0)).max() < 0.1 and f.std() > 0.01
 
 
-def test_halos_only_outside_and_speckles_only_inside_objects():
+def test_halos_only_outside_and_speckles_and_texture_only_inside_objects():
     img, lab = disc_image(shape=(64, 64), centers=((32, 32),), radius=10)
     img = img.astype(np.float32)[None] / img.max()
     rng = np.random.default_rng(0)
@@ -145,6 +145,10 @@ def test_halos_only_outside_and_speckles_only_inside_objects():
     spk = add_speckles(img, lab, np.random.default_rng(1))
     d2 = img - spk
     assert np.allclose(d2[0][lab == 0], 0) and d2.max() > 0.05
+    tex = add_texture(img, lab, np.random.default_rng(2))
+    assert np.allclose(tex[0][lab == 0], img[0][lab == 0])
+    inside = tex[0][lab > 0]
+    assert inside.std() > 2 * img[0][lab > 0].std() + 0.05 and inside.min() > 0
 
 
 def test_inverted_rgb_training_for_dark_objects(tmp_path):

@@ -112,7 +112,7 @@ def cmd_count(args) -> int:
     return 0
 
 
-CLASSIC_AUGMENT = {"field_prob": 0.0, "halo_prob": 0.0, "speckle_prob": 0.0}
+CLASSIC_AUGMENT = {"field_prob": 0.0, "halo_prob": 0.0, "speckle_prob": 0.0, "texture_prob": 0.0}
 
 
 def cmd_train(args) -> int:
@@ -127,12 +127,13 @@ def cmd_train(args) -> int:
         n_val = max(1, len(train) // 10) if len(train) > 1 else 0
         val, train = train[:n_val], train[n_val:]
     init = load_model(args.init) if args.init else None
+    augment = {} if args.texture_prob is None else {"texture_prob": args.texture_prob}
+    augment.update(CLASSIC_AUGMENT if args.classic_augment else {})
     cfg = TrainConfig(minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
                       contact_weight=args.contact_weight, invert=True if args.invert else None,
-                      augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob,
-                                            **(CLASSIC_AUGMENT if args.classic_augment else {})))
+                      augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob, **augment))
     out = Path(args.out) if args.out else None
     tmp_out = out or Path(f"{args.name}.pt")
     meta = {
@@ -242,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert", action="store_true",
                    help="dark objects on a light background (brightfield, H&E): train on the inverted image")
     t.add_argument("--classic-augment", action="store_true",
-                   help="no brightness-field, halo or speckle augmentation (as stage 1 of the bundled model)")
+                   help="no brightness-field, halo, speckle or texture augmentation (as stage 1 of the bundled model)")
+    t.add_argument("--texture-prob", type=float,
+                   help="share of crops given synthetic chromatin texture inside objects (default 0.3; 0 = off, as stage 2)")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--seed", type=int, default=0)

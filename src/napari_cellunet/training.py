@@ -2,8 +2,8 @@
 
 Images are rescaled so their objects have a canonical diameter (stored in the
 model file), then random crops are augmented (scale, flips, 90° rotations,
-gamma/contrast, smooth brightness fields, synthetic cytoplasm halos and
-nucleoli speckles, blur, noise) and fitted with
+gamma/contrast, smooth brightness fields, synthetic cytoplasm halos,
+nucleoli speckles and chromatin texture, blur, noise) and fitted with
 cross-entropy (gaps between touching objects weighted up) + soft Dice.
 Validation segments whole val images exactly as inference does and scores
 AP@0.5; the best model is saved. Like inference, training is a generator
@@ -166,6 +166,7 @@ class AugmentConfig:
     field_low: float = 0.25           # darkest factor of that field
     halo_prob: float = 0.25           # add dim textured "cytoplasm" rims around objects (label: background)
     speckle_prob: float = 0.25        # dark spots (nucleoli) inside objects
+    texture_prob: float = 0.3         # uneven chromatin inside objects: blotches and bright chromocentres
 
 
 def random_crop(sample: Sample, crop: int | Sequence[int], scale: float,
@@ -229,6 +230,26 @@ def add_speckles(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> 
     return img * (1 - float(rng.uniform(0.4, 0.8)) * spots * fg)[None]
 
 
+def add_texture(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uneven chromatin inside objects: dark and bright blotches plus bright chromocentre spots.
+
+    Textured nuclei (large nucleoli, bright heterochromatin, as in mouse stem
+    cells) must stay one object each; the labels stay as they are.
+    """
+    fg = lab > 0
+    if not fg.any():
+        return img
+    blotches = smooth_noise(lab.shape, float(rng.uniform(1.0, 3.0)), rng)
+    blotches = (blotches - blotches[fg].mean()) / max(float(blotches[fg].std()), 1e-6)
+    factor = np.clip(1 + float(rng.uniform(0.2, 0.5)) * blotches, 0.1, 2.0)
+    out = np.where(fg, img * factor, img)
+    if rng.random() < 0.5:
+        spots = ndi.gaussian_filter((rng.random(lab.shape) < 0.003).astype(np.float32), float(rng.uniform(0.8, 1.8)))
+        spots = spots / max(float(spots.max()), 1e-6)
+        out = out + float(rng.uniform(0.5, 1.5)) * float(np.median(img[:, fg])) * spots * fg
+    return out.astype(np.float32)
+
+
 def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator):
     """Flips, 90° rotations, synthetic halos/speckles and intensity jitter (image only)."""
     dims = lab.ndim
@@ -244,6 +265,8 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random
         img = add_halos(img, lab, rng)
     if cfg.speckle_prob and rng.random() < cfg.speckle_prob:
         img = add_speckles(img, lab, rng)
+    if cfg.texture_prob and rng.random() < cfg.texture_prob:
+        img = add_texture(img, lab, rng)
     if rng.random() < cfg.blur_prob:
         img = ndi.gaussian_filter(img, [0] + [float(rng.uniform(0.5, 1.5))] * dims)
     if rng.random() < 0.8:
