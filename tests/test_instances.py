@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_cellunet.instances import InstanceParams, connected_components, probabilities_to_labels, remove_small
+from napari_cellunet.instances import (InstanceParams, connected_components, merge_fragments, probabilities_to_labels,
+                                      remove_small)
 from napari_cellunet.training import labels_to_targets
 
 from conftest import disc_image
@@ -85,3 +86,31 @@ def test_drop_dim_objects_keeps_bright_and_drops_dim_rims():
     assert out.max() == 4 and (out[45:55, 10:20] == 0).all() and out.dtype == lab.dtype
     with pytest.raises(ValueError, match="shape"):
         drop_dim_objects(lab, img[:10], 0.3)
+
+
+def test_merge_fragments_joins_a_cut_off_piece_but_not_touching_cells():
+    _, cells = disc_image(centers=((48, 30), (48, 52)), radius=11)  # two touching cells
+    cut = cells.copy()
+    cut[(cells == 2) & (np.indices(cells.shape)[1] > 58)] = 3  # a sliver cut off cell 2
+    cut[5:8, 5:8] = 4                                            # an isolated speck
+    typical = np.pi / 4 * 22**2
+    out = merge_fragments(cut, 0.2 * typical)
+    assert out.max() == 3                                        # sliver merged, speck kept
+    assert len(np.unique(out[cells == 2])) == 1                  # cell 2 whole again
+    assert out[cells == 1][0] != out[cells == 2][0]              # the two cells stay apart
+    assert out[6, 6] > 0
+    assert merge_fragments(cut, 1.0).max() == 4                  # nothing below 1 px: unchanged
+
+
+def test_merge_fragments_in_probabilities_to_labels_and_3d():
+    _, cell = disc_image(centers=((48, 48),), radius=14)
+    p = probs_from_labels(cell)
+    p[:, 30:66, 56:58] = [[[0.0]], [[0.0]], [[1.0]]]  # a false inner boundary cuts off a piece
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, split_touching=False)).max() == 2  # no diameter
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, split_touching=False), diameter=28).max() == 1
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, split_touching=False, merge_fragments=0),
+                                   diameter=28).max() == 2
+    vol = np.zeros((10, 20, 20), np.int32)
+    vol[2:8, 2:12, 2:12] = 1
+    vol[2:8, 12:14, 2:12] = 2  # a thin slab touching object 1
+    assert merge_fragments(vol, 0.5 * vol.size).max() == 1

@@ -125,9 +125,13 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     assert 0 < n_bright < n_big and lab.metadata["min_brightness"] == pytest.approx(0.8)
     assert lab.features["mean_intensity"].min() > dimmest
 
+    w._merge.value = 0.0  # fragment merging off: re-labelled from the cache, never fewer objects
+    assert w.relabel_count == 4 and lab.metadata["merge_fragments"] == 0
+    assert lab.metadata["counts"][0] >= n_bright
+
     w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
     w._prob.value = 0.3
-    assert w.relabel_count == 3
+    assert w.relabel_count == 4
 
 
 def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):

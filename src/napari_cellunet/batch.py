@@ -56,18 +56,12 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path.name}: not a readable image ({type(err).__name__})") from err
 
 
-def instance_params(model: CellModel, prob_threshold=None, seed_threshold=None, min_size=None,
-                    min_brightness=None) -> InstanceParams:
-    """The model's default thresholds with any user overrides applied."""
+def instance_params(model: CellModel, **overrides) -> InstanceParams:
+    """The model's default post-processing parameters with the user's overrides (``None`` = keep)."""
     p = model.instance_params
-    if prob_threshold is not None:
-        p.prob_threshold = float(prob_threshold)
-    if seed_threshold is not None:
-        p.seed_threshold = float(seed_threshold)
-    if min_size is not None:
-        p.min_size = int(min_size)
-    if min_brightness is not None:
-        p.min_brightness = float(min_brightness)
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(p, name, type(getattr(p, name))(value))
     return p
 
 
@@ -102,7 +96,7 @@ def load_input(path: Path, axes: str | None = None, channel: int | None = None, 
 def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel | None = None,
                   diameter: float | str | None = "auto", device: str = "auto", tile: int = 256,
                   tta: bool = False, prob_threshold=None, seed_threshold=None, min_size=None,
-                  min_brightness=None, axes: str | None = None, mode: str = "auto", channel: int | None = None,
+                  min_brightness=None, merge_fragments=None, axes: str | None = None, mode: str = "auto", channel: int | None = None,
                   progress: ProgressCallback | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Segment every input; write ``<stem>_labels.tif``, ``<stem>_measurements.csv`` and ``counts.csv``.
@@ -115,7 +109,8 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
     """
     files = expand_inputs(inputs)
     cm = model if isinstance(model, CellModel) else load_model(model or DEFAULT_MODEL)
-    params = instance_params(cm, prob_threshold, seed_threshold, min_size, min_brightness)
+    params = instance_params(cm, prob_threshold=prob_threshold, seed_threshold=seed_threshold, min_size=min_size,
+                             min_brightness=min_brightness, merge_fragments=merge_fragments)
     opts = PredictOptions(diameter=diameter, tile=tile, device=device, tta=tta)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def cmd_segment(args) -> int:
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
             seed_threshold=args.seed_threshold, min_size=args.min_size, min_brightness=args.min_brightness,
-            axes=args.axes, mode=args.mode,
+            merge_fragments=args.merge_fragments, axes=args.axes, mode=args.mode,
             channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
     except BatchError as err:
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-brightness", type=float, default=None,
                    help="drop objects dimmer than this share of the image's bright objects, e.g. 0.4 for "
                         "cytoplasm halos around nuclei (0 = off)")
+    s.add_argument("--merge-fragments", type=float, default=None,
+                   help="merge objects smaller than this share of a typical object into the neighbour they "
+                        "touch most (default 0.2; 0 = off)")
     s.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
     s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],

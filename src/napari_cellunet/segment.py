@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .inference import Progress, drive, iter_predict, normalize_percentile, resize_spatial
-from .instances import InstanceParams, probabilities_to_labels
+from .instances import InstanceParams, probabilities_to_labels, typical_size
 from .models import CellModel
 
 AUTO = "auto"
@@ -80,9 +80,7 @@ def default_min_size(diameter: float | None, dims: int = 2) -> int:
     """Objects below 10% of a typical object's area (or volume) are dropped."""
     if not diameter:
         return 10
-    if dims == 3:
-        return max(4, int(0.1 * math.pi / 6 * diameter**3))
-    return max(4, int(0.1 * math.pi / 4 * diameter**2))
+    return max(4, int(0.1 * typical_size(diameter, dims)))
 
 
 def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,

@@ -375,8 +375,7 @@ def tune_thresholds(cached, truths, base: InstanceParams,
     best, best_ap = base, -1.0
     for pt in prob_grid:
         for st in seed_grid:
-            params = InstanceParams(prob_threshold=pt, seed_threshold=st, min_size=base.min_size,
-                                    min_seed_size=base.min_seed_size)
+            params = replace(base, prob_threshold=pt, seed_threshold=st)
             pairs = [(t, labels_from_probabilities(p, params, d)[0]) for (p, d), t in zip(cached, truths)]
             ap = dataset_scores(pairs)["ap50"]
             if ap > best_ap:
