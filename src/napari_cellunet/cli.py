@@ -246,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--invert", action="store_true",
                    help="dark objects on a light background (brightfield, H&E): train on the inverted image")
     t.add_argument("--classic-augment", action="store_true",
-                   help="no brightness-field, halo, speckle or texture augmentation (as stage 1 of the bundled model)")
+                   help="no brightness-field, halo, speckle or texture augmentation "
+                        "(as stage 1 of the bundled model)")
     t.add_argument("--texture-prob", type=float,
-                   help="share of crops given synthetic chromatin texture inside objects (default 0.3; 0 = off, as stage 2)")
+                   help="share of crops given synthetic chromatin texture inside objects "
+                        "(default 0.3; 0 = off, as stage 2)")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--seed", type=int, default=0)
