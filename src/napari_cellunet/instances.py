@@ -32,7 +32,7 @@ class InstanceParams:
     min_seed_size: int = 3        # seed components smaller than this are ignored
     split_touching: bool = True   # split seed components at distance-transform peaks (needs a diameter)
     min_brightness: float = 0.0   # drop objects dimmer than this share of the image's bright objects (0 = off)
-    merge_fragments: float = 0.2  # merge objects below this share of a typical object into a neighbour (0 = off)
+    merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,7 +180,9 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
         return np.zeros(interior.shape, dtype=np.uint16)
     labels = watershed(landscape, seeds, mask=foreground)
     if diameter and p.merge_fragments > 0:
-        labels = merge_fragments(labels, p.merge_fragments * typical_size(diameter, interior.ndim))
+        # the share is of a typical area; in 3D the volume share of a piece of the same linear size
+        share = p.merge_fragments ** (interior.ndim / 2)
+        labels = merge_fragments(labels, share * typical_size(diameter, interior.ndim))
     return remove_small(labels, p.min_size)
 
 
