@@ -24,7 +24,9 @@ AUTO = "auto"
 ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
 ESTIMATION_CROP = 384  # model pixels per side of the crop used to estimate the diameter
 ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size
-MERGE_RATIO = 0.5  # ...unless the next finer scale finds more than 1/MERGE_RATIO times as many objects
+# ...unless the next finer scale finds more than 2x as many objects, or the one after more than 8x
+# (clumps of small nuclei: at 1/8 scale they can look like single textured nuclei, at 1/4 still partly)
+MERGE_RATIOS = (2.0, 8.0)
 
 
 @dataclass
@@ -127,8 +129,8 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
     much larger than the training size get fragmented (they look small) and much
     smaller ones are missed or merged, so the *coarsest* scale at which the found
     objects have about the trained diameter wins, unless the next finer scale
-    finds more than twice as many objects (then they were clumps of merged small
-    nuclei). A last pass at the implied scale refines the estimate. Returns
+    finds more than twice as many objects or the one after more than 8 times as
+    many (then they were clumps of merged small nuclei). A last pass at the implied scale refines the estimate. Returns
     ``None`` when nothing is found.
     """
     trained = model.diameter
@@ -145,20 +147,29 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
     def plausible(scale, est):
         return est is not None and abs(math.log(est * scale / trained)) <= math.log(ESTIMATION_TOLERANCE)
 
-    chosen, best, previous = None, None, None  # best = (error, diameter) over all scales
+    def accepted(i, measured):
+        """Scale ``i`` is plausible and the next finer scales do not find far more objects
+        (then its "objects" were clumps of merged small nuclei)."""
+        scale, est, n = measured[i]
+        finer = measured[i + 1:i + 1 + len(MERGE_RATIOS)]
+        return plausible(scale, est) and all(n * r >= m[2] for r, m in zip(MERGE_RATIOS, finer))
+
+    chosen, best, measured = None, None, []  # best = (error, diameter) over all scales
     for scale in ESTIMATION_SCALES:
         est, n = yield from measure_at(scale)
         if est is not None:
             err = abs(math.log(est * scale / trained))
             best = (err, est) if best is None or err < best[0] else best
-        # accept the previous (coarser) scale unless this finer one finds far more objects:
-        # then the coarse "objects" were clumps of merged small nuclei
-        if previous is not None and plausible(*previous[:2]) and previous[2] >= MERGE_RATIO * n:
-            chosen = previous[1]
+        measured.append((scale, est, n))
+        i = len(measured) - 1 - len(MERGE_RATIOS)
+        if i >= 0 and accepted(i, measured):
+            chosen = measured[i][1]
             break
-        previous = (scale, est, n)
-    if chosen is None and previous is not None and plausible(*previous[:2]):
-        chosen = previous[1]
+    else:  # the finest scales, checked against the finer scales there are
+        for i in range(max(0, len(measured) - len(MERGE_RATIOS)), len(measured)):
+            if accepted(i, measured):
+                chosen = measured[i][1]
+                break
     if chosen is None:
         if best is None:
             return None
