@@ -130,8 +130,8 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
     smaller ones are missed or merged, so the *coarsest* scale at which the found
     objects have about the trained diameter wins, unless the next finer scale
     finds more than twice as many objects or the one after more than 8 times as
-    many (then they were clumps of merged small nuclei). A last pass at the implied scale refines the estimate. Returns
-    ``None`` when nothing is found.
+    many (then they were clumps of merged small nuclei). A last pass at the
+    implied scale refines the estimate. Returns ``None`` when nothing is found.
     """
     trained = model.diameter
 

@@ -219,14 +219,19 @@ def add_halos(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> np.
     return img + (level * rim * texture * ~fg)[None]
 
 
+def random_spots(shape: tuple[int, ...], density: float, sigma: tuple[float, float],
+                 rng: np.random.Generator) -> np.ndarray:
+    """Blurred random points (``density`` per pixel, blur drawn from ``sigma``), peak scaled to 1."""
+    spots = ndi.gaussian_filter((rng.random(shape) < density).astype(np.float32), float(rng.uniform(*sigma)))
+    return spots / max(float(spots.max()), 1e-6)
+
+
 def add_speckles(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Dark spots (nucleoli-like) inside objects, so textured nuclei are not split."""
     fg = lab > 0
     if not fg.any():
         return img
-    spots = (rng.random(lab.shape) < 0.004).astype(np.float32)
-    spots = ndi.gaussian_filter(spots, float(rng.uniform(1.0, 2.5)))
-    spots = spots / max(float(spots.max()), 1e-6)
+    spots = random_spots(lab.shape, 0.004, (1.0, 2.5), rng)
     return img * (1 - float(rng.uniform(0.4, 0.8)) * spots * fg)[None]
 
 
@@ -244,8 +249,7 @@ def add_texture(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> n
     factor = np.clip(1 + float(rng.uniform(0.2, 0.5)) * blotches, 0.1, 2.0)
     out = np.where(fg, img * factor, img)
     if rng.random() < 0.5:
-        spots = ndi.gaussian_filter((rng.random(lab.shape) < 0.003).astype(np.float32), float(rng.uniform(0.8, 1.8)))
-        spots = spots / max(float(spots.max()), 1e-6)
+        spots = random_spots(lab.shape, 0.003, (0.8, 1.8), rng)
         out = out + float(rng.uniform(0.5, 1.5)) * float(np.median(img[:, fg])) * spots * fg
     return out.astype(np.float32)
 
