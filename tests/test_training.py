@@ -28,6 +28,17 @@ def test_targets_separate_touching_objects():
     assert ndi.label(t == 1)[1] == 2
 
 
+def test_contact_band_widens_boundary_only_where_objects_touch():
+    lab = np.zeros((30, 50), np.int32)
+    lab[5:25, 5:20] = 1
+    lab[5:25, 20:35] = 2    # touches object 1 along x = 19 | 20
+    lab[5:25, 40:48] = 3    # alone
+    thin, wide = labels_to_targets(lab), labels_to_targets(lab, contact_band=2)
+    assert (thin[15, 18:22] == [1, 2, 2, 1]).all()
+    assert (wide[15, 17:23] == [1, 2, 2, 2, 2, 1]).all()          # two pixels each side of the contact
+    assert (wide[:, :18] == thin[:, :18]).all() and (wide[:, 22:] == thin[:, 22:]).all()  # elsewhere unchanged
+
+
 def test_keep_largest_fragment():
     lab = np.zeros((20, 20), np.int32)
     lab[2:10, 2:10] = 1

@@ -54,16 +54,30 @@ def keep_largest_fragment(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def labels_to_targets(labels: np.ndarray) -> np.ndarray:
+def labels_to_targets(labels: np.ndarray, contact_band: int = 1) -> np.ndarray:
     """Instance labels -> class map (0 background, 1 interior, 2 boundary).
 
     Boundaries are each object's inner border, so two touching objects are
-    separated by a two-pixel boundary band.
+    separated by a two-pixel boundary band. ``contact_band > 1`` widens the
+    boundary where objects touch: every object pixel with another object within
+    ``contact_band`` pixels is boundary, so the interiors (the seeds) of touching
+    objects lie further apart.
     """
     labels = np.asarray(labels)
     target = np.where(labels > 0, INTERIOR, BACKGROUND).astype(np.int64)
     target[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
+    if contact_band > 1:
+        target[touching_other(labels, contact_band) & (labels > 0)] = BOUNDARY
     return target
+
+
+def touching_other(labels: np.ndarray, reach: int) -> np.ndarray:
+    """Pixels with two different objects within ``reach`` pixels (a (2·reach+1) window)."""
+    size = 2 * reach + 1
+    top = labels.max() + 1
+    highest = ndi.maximum_filter(labels, size=size)
+    lowest = ndi.minimum_filter(np.where(labels > 0, labels, top), size=size)
+    return (lowest < top) & (highest != lowest)
 
 
 def contact_weights(labels: np.ndarray, weight: float, reach: int = 3) -> np.ndarray:
@@ -77,11 +91,7 @@ def contact_weights(labels: np.ndarray, weight: float, reach: int = 3) -> np.nda
     out = np.ones(labels.shape, np.float32)
     if weight <= 0 or labels.max() == 0:
         return out
-    size = 2 * reach + 1
-    top = labels.max() + 1
-    highest = ndi.maximum_filter(labels, size=size)
-    lowest = ndi.minimum_filter(np.where(labels > 0, labels, top), size=size)
-    out[(lowest < top) & (highest != lowest)] += weight
+    out[touching_other(labels, reach)] += weight
     return out
 
 
@@ -288,7 +298,7 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random
 
 
 def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
-               rng: np.random.Generator, contact_weight: float = 0.0
+               rng: np.random.Generator, contact_weight: float = 0.0, contact_band: int = 1
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, class targets and pixel weights (:func:`contact_weights`) of random augmented crops."""
     xs, ys, ws = [], [], []
@@ -298,7 +308,7 @@ def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
         img, lab = random_crop(s, cfg.crop, scale, rng)
         img, lab = augment(img, lab, cfg, rng)
         xs.append(img)
-        ys.append(labels_to_targets(lab))
+        ys.append(labels_to_targets(lab, contact_band))
         ws.append(contact_weights(lab, contact_weight))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ws))
 
@@ -339,6 +349,7 @@ class TrainConfig:
     val_every: int = 200              # steps between validations
     class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     contact_weight: float = 4.0       # extra weight on gaps between touching objects (0 = off)
+    contact_band: int = 1             # boundary width (px) where objects touch (1 = the inner border only)
     invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
@@ -478,7 +489,8 @@ def iter_train(
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight)
+        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
+                                 cfg.contact_band)
         x, y, w = x.to(device), y.to(device), w.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
