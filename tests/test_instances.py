@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_cellunet.instances import (InstanceParams, connected_components, merge_fragments, probabilities_to_labels,
-                                      remove_small)
+from napari_cellunet.instances import (BOUNDARY, INTERIOR, InstanceParams, connected_components, drop_unconfident,
+                                      merge_fragments, probabilities_to_labels, remove_small)
 from napari_cellunet.training import labels_to_targets
 
 from conftest import disc_image
@@ -114,3 +114,22 @@ def test_merge_fragments_in_probabilities_to_labels_and_3d():
     vol[2:8, 2:12, 2:12] = 1
     vol[2:8, 12:14, 2:12] = 2  # a thin slab touching object 1
     assert merge_fragments(vol, 0.5 * vol.size).max() == 1
+
+
+def test_drop_unconfident_keeps_sure_and_edge_objects():
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:12, 5:12] = 1     # sure
+    lab[20:27, 20:27] = 2   # unsure
+    lab[30:40, 0:6] = 3     # unsure, but cut by the image edge
+    interior = np.zeros(lab.shape, np.float32)
+    interior[lab == 1] = 0.95
+    interior[lab == 2] = 0.6
+    interior[lab == 3] = 0.6
+    out = drop_unconfident(lab, interior, 0.9)
+    assert out.max() == 2 and out[8, 8] > 0 and out[23, 23] == 0 and out[35, 2] > 0
+    assert np.array_equal(drop_unconfident(lab, interior, 0.0), lab)
+    p = probs_from_labels(lab)
+    p[INTERIOR][lab == 2] = 0.7  # foreground, but its interior never reaches 0.9
+    p[BOUNDARY][lab == 2] = 0.3
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5)).max() == 3
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5, min_confidence=0.9)).max() == 2

@@ -92,8 +92,8 @@ def test_tune_thresholds_picks_best():
     _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)
     t = labels_to_targets(labels)
     p = np.stack([(t == 0), (t == 1) * 0.45, (t == 2) + (t == 1) * 0.55]).astype(np.float32)[None]
-    best, ap = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
-    assert ap == 1.0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
+    best, scores = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
+    assert scores["ap50"] == 1.0 and scores["count_error"] == 0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
 
 
 def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):

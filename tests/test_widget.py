@@ -128,10 +128,15 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     w._merge.value = 0.0  # fragment merging off: re-labelled from the cache, never fewer objects
     assert w.relabel_count == 4 and lab.metadata["merge_fragments"] == 0
     assert lab.metadata["counts"][0] >= n_bright
+    n_merge_off = lab.metadata["counts"][0]
+
+    w._min_conf.value = 0.99  # unsure objects dropped: never more objects
+    assert w.relabel_count == 5 and lab.metadata["min_confidence"] == pytest.approx(0.99)
+    assert lab.metadata["counts"][0] <= n_merge_off
 
     w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
     w._prob.value = 0.3
-    assert w.relabel_count == 4
+    assert w.relabel_count == 5
 
 
 def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):

@@ -272,6 +272,9 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self._merge = FloatSpinBox(label="merge fragments", value=0.2, min=0.0, max=0.9, step=0.05,
                                    tooltip="merge pieces smaller than this share of a typical object into the "
                                            "object they touch (textured nuclei cut in pieces); 0 = off")
+        self._min_conf = FloatSpinBox(label="min confidence", value=0.0, min=0.0, max=0.99, step=0.05,
+                                      tooltip="drop objects whose interior probability never reaches this "
+                                              "(unsure detections; objects at the image edge are kept); 0 = off")
         self._tile = SpinBox(label="tile size", value=256, min=64, max=2048, step=64,
                              tooltip="network input tile; larger is faster but needs more memory")
         self._device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
@@ -288,14 +291,15 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self.result = _text("–", big=True)
         self.status = _text()
         self.extend([_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
-                           self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._tile,
+                           self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
+                           self._tile,
                            self._device),
                      self._tta, self._add_points, buttons, self.result, self.status])
 
         if DEFAULT_MODEL in self._model.choices:
             self._model.value = DEFAULT_MODEL
         self._model.changed.connect(self._on_model_changed)
-        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge):
+        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf):
             w.changed.connect(self._on_params_changed)
         self._image.changed.connect(self._on_image_changed)
         self._axes.changed.connect(self._on_axes_changed)
@@ -345,6 +349,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             self._min_size.value = p.min_size
             self._min_bright.value = p.min_brightness
             self._merge.value = p.merge_fragments
+            self._min_conf.value = p.min_confidence
         finally:
             self._updating = False
         trained = f"trained at {model.diameter:.0f} px diameter" if model.diameter else "no training diameter"
@@ -373,7 +378,8 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         return InstanceParams(prob_threshold=float(self._prob.value), seed_threshold=float(self._seed.value),
                               min_size=int(self._min_size.value), min_seed_size=self._min_seed_size,
                               min_brightness=float(self._min_bright.value),
-                              merge_fragments=float(self._merge.value))
+                              merge_fragments=float(self._merge.value),
+                              min_confidence=float(self._min_conf.value))
 
     def _options(self) -> PredictOptions:
         d = float(self._diameter.value)
@@ -503,6 +509,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             "seed_threshold": params.seed_threshold, "min_seed_size": params.min_seed_size,
             "min_size": params.min_size if params.min_size > 0 else default_min_size(diameter, dims),
             "min_brightness": params.min_brightness, "merge_fragments": params.merge_fragments,
+            "min_confidence": params.min_confidence,
             "tile": job.key[3], "tta": job.key[4], "counts": counts, "count_axis": result.count_axis,
             "note": job.note,
         }

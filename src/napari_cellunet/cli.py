@@ -62,7 +62,8 @@ def cmd_models(args) -> int:
     for e in entries:
         try:
             meta = read_model_file(e.path).get("meta", {})
-            ap50 = meta.get("val_ap50_tuned_thresholds") or (meta.get("val_scores_default_thresholds") or {}).get("ap50")
+            tuned = meta.get("val_scores_tuned_thresholds") or meta.get("val_scores_default_thresholds") or {}
+            ap50 = tuned.get("ap50") or meta.get("val_ap50_tuned_thresholds")
             ap = f"  val AP@0.5 {ap50:.3f}" if ap50 else ""
             d = f"  diameter {meta['diameter']:.0f}px" if meta.get("diameter") else ""
             print(f"{e.name:<28} {e.source:<8}{d}{ap}  {e.path}")
@@ -81,8 +82,8 @@ def cmd_segment(args) -> int:
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
             seed_threshold=args.seed_threshold, min_size=args.min_size, min_brightness=args.min_brightness,
-            merge_fragments=args.merge_fragments, axes=args.axes, mode=args.mode,
-            channel=args.channel, progress=progress,
+            merge_fragments=args.merge_fragments, min_confidence=args.min_confidence, axes=args.axes,
+            mode=args.mode, channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
     except BatchError as err:
         if progress is not None:
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge-fragments", type=float, default=None,
                    help="merge objects smaller than this share of a typical object into the neighbour they "
                         "touch most (default 0.2; 0 = off)")
+    s.add_argument("--min-confidence", type=float, default=None,
+                   help="drop objects whose interior probability never reaches this; objects at the image "
+                        "edge are kept (default: the model's, 0.9 for nuclei-fluo-2d; 0 = off)")
     s.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
     s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],

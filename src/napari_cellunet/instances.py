@@ -33,6 +33,7 @@ class InstanceParams:
     split_touching: bool = True   # split seed components at distance-transform peaks (needs a diameter)
     min_brightness: float = 0.0   # drop objects dimmer than this share of the image's bright objects (0 = off)
     merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
+    min_confidence: float = 0.0   # drop objects whose interior probability never reaches this (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +119,27 @@ def merge_fragments(labels: np.ndarray, max_size: float) -> np.ndarray:
     return out.astype(_label_dtype(int(out.max())), copy=False)
 
 
+def drop_unconfident(labels: np.ndarray, interior: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Drop objects whose peak interior probability stays below ``min_confidence``.
+
+    Objects touching the array border are kept: nuclei cut by the image edge are
+    real, but the network is less sure of their interior. Relabels 1..N.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    if min_confidence <= 0 or n == 0:
+        return labels
+    peak = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(peak, labels.ravel(), np.asarray(interior, dtype=np.float32).ravel())  # ~30x ndi.maximum
+    faces = [np.take(labels, i, axis=ax) for ax in range(labels.ndim) for i in (0, -1)]
+    peak[np.unique(np.concatenate([f.ravel() for f in faces]))] = np.inf  # border objects (and 0) stay
+    keep = peak >= min_confidence
+    if keep.all():
+        return labels
+    out, _, _ = relabel_sequential(np.where(keep[labels], labels, 0))
+    return out.astype(labels.dtype, copy=False)
+
+
 def _label_dtype(n: int):
     return np.uint16 if n < 2**16 else np.uint32
 
@@ -152,7 +174,8 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     and ``params.split_touching`` they are further split at distance-transform
     peaks (:func:`split_by_distance`). Foreground blobs without a seed count as
     one object each. Seeds grow over the foreground by watershed; then, with
-    ``diameter``, fragments are merged (:func:`merge_fragments`).
+    ``diameter``, fragments are merged (:func:`merge_fragments`), and objects the
+    network is unsure of are dropped (:func:`drop_unconfident`).
     """
     p = params or InstanceParams()
     probs = np.asarray(probs, dtype=np.float32)
@@ -183,6 +206,7 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
         # the share is of a typical area; in 3D the volume share of a piece of the same linear size
         share = p.merge_fragments ** (interior.ndim / 2)
         labels = merge_fragments(labels, share * typical_size(diameter, interior.ndim))
+    labels = drop_unconfident(labels, interior, p.min_confidence)
     return remove_small(labels, p.min_size)
 
 

@@ -384,18 +384,26 @@ def _val_scores(model: CellModel, val: Sequence[tuple[np.ndarray, np.ndarray]], 
     return dataset_scores(pairs), cached
 
 
-def tune_thresholds(cached, truths, base: InstanceParams,
-                    prob_grid=(0.4, 0.5, 0.6), seed_grid=(0.4, 0.5, 0.6, 0.7)) -> tuple[InstanceParams, float]:
-    """Grid-search post-processing thresholds on cached val probabilities (AP@0.5)."""
-    best, best_ap = base, -1.0
+def threshold_objective(scores: dict[str, float]) -> float:
+    """What threshold tuning maximises: AP@0.5 + DSB score − count error (a counting tool needs all three)."""
+    return scores["ap50"] + scores["dsb"] - scores["count_error"]
+
+
+def tune_thresholds(cached, truths, base: InstanceParams, prob_grid=(0.4, 0.5, 0.6, 0.7),
+                    seed_grid=(0.4, 0.5, 0.6, 0.7)) -> tuple[InstanceParams, dict[str, float]]:
+    """Grid-search post-processing thresholds on cached val probabilities.
+
+    Returns the parameters with the best :func:`threshold_objective` and their scores.
+    """
+    best, best_scores, best_value = base, {}, -np.inf
     for pt in prob_grid:
         for st in seed_grid:
             params = replace(base, prob_threshold=pt, seed_threshold=st)
             pairs = [(t, labels_from_probabilities(p, params, d)[0]) for (p, d), t in zip(cached, truths)]
-            ap = dataset_scores(pairs)["ap50"]
-            if ap > best_ap:
-                best, best_ap = params, ap
-    return best, best_ap
+            scores = dataset_scores(pairs)
+            if threshold_objective(scores) > best_value:
+                best, best_scores, best_value = params, scores, threshold_objective(scores)
+    return best, best_scores
 
 
 def iter_train(
@@ -532,9 +540,10 @@ def iter_train(
         yield Progress(0, 1, "tuning thresholds on validation images")
         scores, cached = yield from _val_scores(model, val_pairs, opts,
                                                 model.instance_params)
-        params, _ = tune_thresholds(cached, [t for _, t in val_pairs], model.instance_params)
+        params, tuned = tune_thresholds(cached, [t for _, t in val_pairs], model.instance_params)
         model.meta["instance_params"] = params.to_dict()
         model.meta["val_scores_default_thresholds"] = {k: round(float(v), 4) for k, v in scores.items()}
+        model.meta["val_scores_tuned_thresholds"] = {k: round(float(v), 4) for k, v in tuned.items()}
     save_model(out_path, net, model.meta)
     model.path = Path(out_path)
     return model
