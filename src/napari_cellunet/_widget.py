@@ -292,8 +292,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self.status = _text()
         self.extend([_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
                            self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
-                           self._tile,
-                           self._device),
+                           self._tile, self._device),
                      self._tta, self._add_points, buttons, self.result, self.status])
 
         if DEFAULT_MODEL in self._model.choices:

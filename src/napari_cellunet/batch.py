@@ -96,8 +96,8 @@ def load_input(path: Path, axes: str | None = None, channel: int | None = None, 
 def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel | None = None,
                   diameter: float | str | None = "auto", device: str = "auto", tile: int = 256,
                   tta: bool = False, prob_threshold=None, seed_threshold=None, min_size=None,
-                  min_brightness=None, merge_fragments=None, min_confidence=None, axes: str | None = None, mode: str = "auto",
-                  channel: int | None = None,
+                  min_brightness=None, merge_fragments=None, min_confidence=None,
+                  axes: str | None = None, mode: str = "auto", channel: int | None = None,
                   progress: ProgressCallback | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Segment every input; write ``<stem>_labels.tif``, ``<stem>_measurements.csv`` and ``counts.csv``.

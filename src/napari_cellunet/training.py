@@ -401,8 +401,9 @@ def tune_thresholds(cached, truths, base: InstanceParams, prob_grid=(0.4, 0.5, 0
             params = replace(base, prob_threshold=pt, seed_threshold=st)
             pairs = [(t, labels_from_probabilities(p, params, d)[0]) for (p, d), t in zip(cached, truths)]
             scores = dataset_scores(pairs)
-            if threshold_objective(scores) > best_value:
-                best, best_scores, best_value = params, scores, threshold_objective(scores)
+            value = threshold_objective(scores)
+            if value > best_value:
+                best, best_scores, best_value = params, scores, value
     return best, best_scores
 
 
@@ -497,8 +498,7 @@ def iter_train(
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
-                                 cfg.contact_band)
+        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight, cfg.contact_band)
         x, y, w = x.to(device), y.to(device), w.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
