@@ -8,7 +8,7 @@ from napari_cellunet.models import load_model
 from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
                                       add_halos, add_speckles, add_texture, contact_weights, iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
-                                      tune_thresholds)
+                                      tune_thresholds, WeightAverage)
 from napari_cellunet.instances import InstanceParams
 
 from conftest import disc_image
@@ -126,6 +126,38 @@ def test_resume_continues_from_checkpoint(tmp_path):
     model = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "r.pt", cfg, resume=True), states.append)
     steps = [s.step for s in states if isinstance(s, TrainState)]
     assert steps == [3, 4] and model.meta["steps"] == 4 and len(model.meta["history"]) == 2
+
+
+def test_weight_average_follows_weights_slowly_and_copies_counters():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    avg = WeightAverage(net, 0.9)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[1].num_batches_tracked += 5
+    avg.update(net, step=1000)  # ramp is over: decay 0.9
+    assert torch.allclose(avg.state["0.weight"], start + 0.1)
+    assert int(avg.state["1.num_batches_tracked"]) == 5
+    avg.update(net, step=0)  # first step: decay (1 + 0) / 10 = 0.1, so it jumps most of the way
+    assert torch.allclose(avg.state["0.weight"], start + 0.1 * 0.1 + 0.9)
+
+
+def test_averaged_training_saves_the_average_and_resumes_it(tmp_path):
+    import torch
+
+    pairs = [disc_image(seed=i) for i in range(3)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=4, val_every=2, minutes=5, ema=0.9,
+                      augment=AugmentConfig(crop=64))
+    drive(iter_train(pairs[:2], pairs[2:], tmp_path / "a.pt", cfg))
+    ck = torch.load(tmp_path / "a.pt.ckpt", weights_only=True)
+    k = next(k for k, v in ck["net"].items() if v.is_floating_point())
+    assert not torch.equal(ck["ema"][k], ck["net"][k])              # the average lags the live weights
+    assert not torch.equal(ck["best_state"][k], ck["net"][k])       # what is kept is an average too
+    cfg.max_steps = 6
+    model = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "a.pt", cfg, resume=True))
+    assert model.meta["steps"] == 6 and model.meta["train_config"]["ema"] == 0.9
 
 
 def test_contact_weights_mark_only_gaps_between_touching_objects():

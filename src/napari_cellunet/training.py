@@ -350,6 +350,7 @@ class TrainConfig:
     class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     contact_weight: float = 4.0       # extra weight on gaps between touching objects (0 = off)
     contact_band: int = 1             # boundary width (px) where objects touch (1 = the inner border only)
+    ema: float = 0.0                  # validate/save an exponential moving average of the weights (0 = off)
     invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
@@ -405,6 +406,27 @@ def tune_thresholds(cached, truths, base: InstanceParams, prob_grid=(0.4, 0.5, 0
             if value > best_value:
                 best, best_scores, best_value = params, scores, value
     return best, best_scores
+
+
+class WeightAverage:
+    """Exponential moving average of a network's weights and buffers (validated and saved instead of them).
+
+    The decay ramps up as ``(1 + step) / (10 + step)`` towards ``decay``, so short
+    fine-tunes are not dominated by the starting weights.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float, state: dict | None = None):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in (state or net.state_dict()).items()}
+
+    def update(self, net: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    self.state[k].copy_(v)
 
 
 def iter_train(
@@ -483,6 +505,7 @@ def iter_train(
     budget = cfg.minutes * 60
     step, running = 0, None
     ckpt_path = Path(f"{out_path}.ckpt")
+    ema_state = None
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -490,10 +513,12 @@ def iter_train(
         opt.load_state_dict(ck["opt"])
         step, best_ap, history = int(ck["step"]), float(ck["best_ap"]), list(ck["history"])
         best_state = ck["best_state"] or None
+        ema_state = ck.get("ema") or None
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         t0 -= float(ck["elapsed"])
         yield Progress(0, 1, f"resumed at step {step}")
+    average = WeightAverage(net, cfg.ema, ema_state) if cfg.ema > 0 else None
     while step < cfg.max_steps and time.monotonic() - t0 < budget:
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
@@ -509,11 +534,17 @@ def iter_train(
         loss.backward()
         opt.step()
         step += 1
+        if average is not None:
+            average.update(net, step)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         elapsed = time.monotonic() - t0
         yield Progress(int(elapsed), int(budget), f"step {step}  loss {running:.3f}")
         last = step >= cfg.max_steps or elapsed >= budget
         if val_pairs and (step % cfg.val_every == 0 or last):
+            live = None
+            if average is not None:  # validate (and keep) the averaged weights
+                live = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                net.load_state_dict(average.state)
             net.eval()
             scores, _ = yield from _val_scores(model, val_pairs, opts,
                                                model.instance_params)
@@ -523,8 +554,11 @@ def iter_train(
             if scores["ap50"] > best_ap:
                 best_ap = scores["ap50"]
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if live is not None:
+                net.load_state_dict(live)
             torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "best_ap": best_ap, "best_state": best_state or {}, "history": history,
+                        "ema": average.state if average is not None else {},
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt_path)
             yield TrainState(step, running, scores["ap50"], best_ap)
         else:
