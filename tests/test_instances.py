@@ -116,20 +116,24 @@ def test_merge_fragments_in_probabilities_to_labels_and_3d():
     assert merge_fragments(vol, 0.5 * vol.size).max() == 1
 
 
-def test_drop_unconfident_keeps_sure_and_edge_objects():
+def test_drop_unconfident_keeps_sure_and_fairly_sure_edge_objects():
     lab = np.zeros((40, 40), np.int32)
     lab[5:12, 5:12] = 1     # sure
     lab[20:27, 20:27] = 2   # unsure
-    lab[30:40, 0:6] = 3     # unsure, but cut by the image edge
+    lab[30:40, 0:6] = 3     # unsure, but cut by the image edge: fairly sure is enough
+    lab[0:3, 30:34] = 4     # an edge sliver the network is not sure of at all
     interior = np.zeros(lab.shape, np.float32)
     interior[lab == 1] = 0.95
     interior[lab == 2] = 0.6
     interior[lab == 3] = 0.6
+    interior[lab == 4] = 0.3
     out = drop_unconfident(lab, interior, 0.9)
-    assert out.max() == 2 and out[8, 8] > 0 and out[23, 23] == 0 and out[35, 2] > 0
+    assert out.max() == 2 and out[8, 8] > 0 and out[23, 23] == 0 and out[35, 2] > 0 and out[1, 31] == 0
+    assert drop_unconfident(lab, interior, 0.25).max() == 4   # a low threshold applies to edge objects as is
     assert np.array_equal(drop_unconfident(lab, interior, 0.0), lab)
     p = probs_from_labels(lab)
     p[INTERIOR][lab == 2] = 0.7  # foreground, but its interior never reaches 0.9
     p[BOUNDARY][lab == 2] = 0.3
-    assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5)).max() == 3
+    p[INTERIOR][lab == 4], p[BOUNDARY][lab == 4] = 0.3, 0.7  # an edge sliver the network doubts
+    assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5)).max() == 4
     assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5, min_confidence=0.9)).max() == 2
