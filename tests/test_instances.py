@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_cellunet.instances import (BOUNDARY, INTERIOR, InstanceParams, connected_components, drop_unconfident,
-                                      merge_fragments, probabilities_to_labels, remove_small)
+                                      merge_flickers, merge_fragments, probabilities_to_labels, remove_small)
 from napari_cellunet.training import labels_to_targets
 
 from conftest import disc_image
@@ -137,3 +137,21 @@ def test_drop_unconfident_keeps_sure_and_fairly_sure_edge_objects():
     p[INTERIOR][lab == 4], p[BOUNDARY][lab == 4] = 0.3, 0.7  # an edge sliver the network doubts
     assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5)).max() == 4
     assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5, min_confidence=0.9)).max() == 2
+
+
+def test_merge_flickers_rejoins_one_frame_splits_but_not_divisions():
+    whole = np.zeros((30, 40), np.int32)
+    whole[5:25, 5:35] = 1
+    split = whole.copy()
+    split[:, 20:] *= 2                      # the same nucleus cut in two halves
+    moved = np.roll(whole, 2, axis=1)        # it moves a little between frames
+    flicker = np.stack([whole, split, moved, moved])
+    out = merge_flickers(flicker)
+    assert [int(f.max()) for f in out] == [1, 1, 1, 1]
+    assert (out[1] > 0).sum() == (split > 0).sum()                  # same pixels, one id
+    division = np.stack([whole, split, split, np.roll(split, 1, axis=0)])
+    assert [int(f.max()) for f in merge_flickers(division)] == [1, 2, 2, 2]   # daughters stay apart
+    edge = np.stack([split, whole, whole])
+    assert int(merge_flickers(edge)[0].max()) == 2                  # first and last frames as they are
+    alone = np.stack([np.zeros_like(whole), split, np.zeros_like(whole)])
+    assert int(merge_flickers(alone)[1].max()) == 2                 # nothing there before/after: kept

@@ -125,6 +125,11 @@ def test_timelapse_counts_table(viewer, qtbot, tmp_path):
     assert counts_docks(viewer) == ["timelapse counts"] and w.counts_dock(image) is dock
     assert dock.counts is w.counts_table
     assert len(pts.data) == w.counts_table["count"].sum()
+    assert lab.metadata["merge_over_time"] is True
+    rejoined = w.counts_table["count"].sum()
+    w._merge_time.value = False  # keep one-frame splits apart: relabel, never fewer objects
+    assert w.relabel_count == 2 and lab.metadata["merge_over_time"] is False
+    assert w.counts_table["count"].sum() >= rejoined
     run_and_wait(qtbot, w)  # a re-run reuses dock, labels and points layers
     assert counts_docks(viewer) == ["timelapse counts"]
     assert len(layers_of(viewer, "Labels")) == 1 and len(layers_of(viewer, "Points")) == 1

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tifffile
@@ -119,3 +121,21 @@ def test_min_brightness_drops_dim_objects_per_frame_and_volume(mode):
     t = np.stack([truth, truth]).reshape(bright.labels.shape)
     assert (both.labels[t == 2] > 0).mean() > 0.8 and (bright.labels[t == 2] > 0).mean() < 0.1
     assert (bright.labels[t == 1] > 0).mean() > 0.8
+
+
+def test_frames_mode_rejoins_one_frame_splits_unless_switched_off():
+    from napari_cellunet.segment import labels_from_probabilities
+
+    whole = np.zeros((40, 60), np.int32)
+    whole[10:30, 10:50] = 1
+    split = whole.copy()
+    split[:, 30:] *= 2                                          # frame 1: a false cut through the nucleus
+    t = np.stack([labels_to_targets(f) for f in (whole, split, whole)])
+    probs = np.stack([(t == k) for k in range(3)], 1).astype(np.float32)
+    for merge, counts in ((True, [1, 1, 1]), (False, [1, 2, 1])):
+        params = InstanceParams(min_size=20, split_touching=False, merge_fragments=0, merge_over_time=merge)
+        seg = Segmentation(probs, labels_from_probabilities(probs, params, 20), diameter=20, params=params)
+        res = assemble(seg, "TYX", "frames", (3,))
+        assert res.counts == counts and [int(f.max()) for f in res.labels] == counts
+    seg.params = replace(seg.params, merge_over_time=True)
+    assert assemble(seg, "QYX", "slices", (3,)).counts == [1, 2, 1]   # only time-lapses are re-joined

@@ -274,11 +274,15 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
                                            "object they touch (textured nuclei cut in pieces); 0 = off")
         self._min_conf = FloatSpinBox(label="min confidence", value=0.0, min=0.0, max=0.99, step=0.05,
                                       tooltip="drop objects whose interior probability never reaches this "
-                                              "(unsure detections; objects at the image edge are kept); 0 = off")
+                                              "(unsure detections; objects at the image edge need only 0.5); "
+                                              "0 = off")
         self._tile = SpinBox(label="tile size", value=256, min=64, max=2048, step=64,
                              tooltip="network input tile; larger is faster but needs more memory")
         self._device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
         self._tta = CheckBox(text="test-time augmentation (flips, slower)", value=False)
+        self._merge_time = CheckBox(text="re-join one-frame splits (time-lapse)", value=True,
+                                    tooltip="frames mode: objects split in a single frame only, one object in "
+                                            "the frames before and after, are joined (segmentation flicker)")
         self._add_points = CheckBox(text="add centroid points", value=False,
                                     tooltip="a Points layer at the object centroids, to check counts by eye")
         for w in (self._diameter, self._min_size):  # 0 reads "auto" (Qt backend)
@@ -293,12 +297,13 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self.extend([_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
                            self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
                            self._tile, self._device),
-                     self._tta, self._add_points, buttons, self.result, self.status])
+                     self._tta, self._merge_time, self._add_points, buttons, self.result, self.status])
 
         if DEFAULT_MODEL in self._model.choices:
             self._model.value = DEFAULT_MODEL
         self._model.changed.connect(self._on_model_changed)
-        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf):
+        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
+                  self._merge_time):
             w.changed.connect(self._on_params_changed)
         self._image.changed.connect(self._on_image_changed)
         self._axes.changed.connect(self._on_axes_changed)
@@ -349,6 +354,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             self._min_bright.value = p.min_brightness
             self._merge.value = p.merge_fragments
             self._min_conf.value = p.min_confidence
+            self._merge_time.value = p.merge_over_time
         finally:
             self._updating = False
         trained = f"trained at {model.diameter:.0f} px diameter" if model.diameter else "no training diameter"
@@ -378,7 +384,8 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
                               min_size=int(self._min_size.value), min_seed_size=self._min_seed_size,
                               min_brightness=float(self._min_bright.value),
                               merge_fragments=float(self._merge.value),
-                              min_confidence=float(self._min_conf.value))
+                              min_confidence=float(self._min_conf.value),
+                              merge_over_time=bool(self._merge_time.value))
 
     def _options(self) -> PredictOptions:
         d = float(self._diameter.value)
@@ -508,7 +515,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             "seed_threshold": params.seed_threshold, "min_seed_size": params.min_seed_size,
             "min_size": params.min_size if params.min_size > 0 else default_min_size(diameter, dims),
             "min_brightness": params.min_brightness, "merge_fragments": params.merge_fragments,
-            "min_confidence": params.min_confidence,
+            "min_confidence": params.min_confidence, "merge_over_time": params.merge_over_time,
             "tile": job.key[3], "tta": job.key[4], "counts": counts, "count_axis": result.count_axis,
             "note": job.note,
         }

@@ -82,7 +82,8 @@ def cmd_segment(args) -> int:
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
             seed_threshold=args.seed_threshold, min_size=args.min_size, min_brightness=args.min_brightness,
-            merge_fragments=args.merge_fragments, min_confidence=args.min_confidence, axes=args.axes,
+            merge_fragments=args.merge_fragments, min_confidence=args.min_confidence,
+            merge_over_time=False if args.no_merge_over_time else None, axes=args.axes,
             mode=args.mode, channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
     except BatchError as err:
@@ -214,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "touch most (default 0.2; 0 = off)")
     s.add_argument("--min-confidence", type=float, default=None,
                    help="drop objects whose interior probability never reaches this; objects at the image "
-                        "edge are kept (default: the model's, 0.9 for nuclei-fluo-2d; 0 = off)")
+                        "edge need only 0.5 (default: the model's, 0.9 for nuclei-fluo-2d; 0 = off)")
+    s.add_argument("--no-merge-over-time", action="store_true",
+                   help="frames mode: keep objects split in one frame only apart (by default they are re-joined "
+                        "when the frames before and after have one object there)")
     s.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
     s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],

@@ -34,6 +34,7 @@ class InstanceParams:
     min_brightness: float = 0.0   # drop objects dimmer than this share of the image's bright objects (0 = off)
     merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
     min_confidence: float = 0.0   # drop objects whose interior probability never reaches this (0 = off)
+    merge_over_time: bool = True  # time-lapses: re-join an object split in one frame only (see merge_flickers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,6 +146,52 @@ def drop_unconfident(labels: np.ndarray, interior: np.ndarray, min_confidence: f
         return labels
     out, _, _ = relabel_sequential(np.where(keep[labels], labels, 0))
     return out.astype(labels.dtype, copy=False)
+
+
+def _mostly_inside(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each id of ``labels``: the id of ``other`` covering over half of it (0 if none)."""
+    n = int(labels.max())
+    out = np.zeros(n + 1, dtype=np.int64)
+    fg = labels > 0
+    a, b = labels[fg].astype(np.int64), other[fg].astype(np.int64)
+    pairs, overlap = np.unique(a * (int(other.max()) + 1) + b, return_counts=True)
+    ids, cover = pairs // (int(other.max()) + 1), pairs % (int(other.max()) + 1)
+    size = np.bincount(a, minlength=n + 1)
+    major = (cover > 0) & (2 * overlap > size[ids])
+    out[ids[major]] = cover[major]
+    return out
+
+
+def merge_flickers(frames: np.ndarray) -> np.ndarray:
+    """Re-join objects that are split in one frame of a time-lapse only.
+
+    Objects of frame ``t`` that lie mostly inside one and the same object of
+    frame ``t-1`` *and* of frame ``t+1`` become one object: a split that lasts a
+    single frame is a segmentation flicker (a textured nucleus cut at its
+    nucleoli), not a division, whose daughters stay apart in the next frame.
+    Compares against the frames as given (no cascading); the first and last
+    frames are unchanged. ``frames`` is ``(T, *spatial)``; relabels each frame 1..N.
+    """
+    frames = np.asarray(frames)
+    out = frames.copy()
+    for t in range(1, len(frames) - 1):
+        lab = frames[t]
+        n = int(lab.max())
+        if n < 2:
+            continue
+        before, after = _mostly_inside(lab, frames[t - 1]), _mostly_inside(lab, frames[t + 1])
+        key = np.where((before > 0) & (after > 0), before * (int(frames[t + 1].max()) + 1) + after, -1)
+        key[0] = -1
+        ids = np.flatnonzero(key >= 0)
+        if len(ids) < 2:
+            continue
+        _, lowest, group = np.unique(key[ids], return_index=True, return_inverse=True)
+        mapping = np.arange(n + 1)
+        mapping[ids] = ids[lowest[group]]  # each group takes its lowest id
+        if (mapping != np.arange(n + 1)).any():
+            relabelled, _, _ = relabel_sequential(mapping[lab])
+            out[t] = relabelled
+    return out
 
 
 def _label_dtype(n: int):

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .inference import Progress, resize_spatial
-from .instances import InstanceParams, drop_dim_objects, probabilities_to_labels, remove_small
+from .instances import InstanceParams, drop_dim_objects, merge_flickers, probabilities_to_labels, remove_small
 from .models import CellModel
 from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
 
@@ -154,6 +154,9 @@ def assemble(seg: Segmentation, axes: str, mode: str, lead: tuple, scale=None,
         return StackResult(seg.labels[0], axes, "2d", seg.counts, "image", seg)
     if mode != "3d":
         labels = seg.labels.reshape(lead + spatial)
+        if mode == "frames" and axes[0] == "T" and len(lead) == 1 and seg.params.merge_over_time:
+            labels = merge_flickers(labels)
+            seg = replace(seg, labels=labels)
         return StackResult(labels, axes, mode, seg.counts, "frame" if mode == "frames" else "slice", seg)
     zax = "Z" if "Z" in axes else "Q"
     z_index = axes.index(zax)
