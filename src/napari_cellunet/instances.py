@@ -150,14 +150,13 @@ def drop_unconfident(labels: np.ndarray, interior: np.ndarray, min_confidence: f
 
 def _mostly_inside(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     """For each id of ``labels``: the id of ``other`` covering over half of it (0 if none)."""
-    n = int(labels.max())
+    n, m = int(labels.max()), int(other.max()) + 1
     out = np.zeros(n + 1, dtype=np.int64)
     fg = labels > 0
-    a, b = labels[fg].astype(np.int64), other[fg].astype(np.int64)
-    pairs, overlap = np.unique(a * (int(other.max()) + 1) + b, return_counts=True)
-    ids, cover = pairs // (int(other.max()) + 1), pairs % (int(other.max()) + 1)
-    size = np.bincount(a, minlength=n + 1)
-    major = (cover > 0) & (2 * overlap > size[ids])
+    a = labels[fg].astype(np.int64)
+    pairs, overlap = np.unique(a * m + other[fg], return_counts=True)
+    ids, cover = pairs // m, pairs % m
+    major = (cover > 0) & (2 * overlap > np.bincount(a, minlength=n + 1)[ids])
     out[ids[major]] = cover[major]
     return out
 
