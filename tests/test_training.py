@@ -8,7 +8,7 @@ from napari_cellunet.models import load_model
 from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
                                       add_halos, add_speckles, add_texture, contact_weights, iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
-                                      tune_thresholds, WeightAverage)
+                                      sampling_weights, tune_thresholds, WeightAverage)
 from napari_cellunet.instances import InstanceParams
 
 from conftest import disc_image
@@ -158,6 +158,23 @@ def test_averaged_training_saves_the_average_and_resumes_it(tmp_path):
     cfg.max_steps = 6
     model = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "a.pt", cfg, resume=True))
     assert model.meta["steps"] == 6 and model.meta["train_config"]["ema"] == 0.9
+
+
+def test_dense_sampling_draws_crowded_images_more_often():
+    from napari_cellunet.training import Sample
+
+    apart = np.zeros((40, 60), np.int32)
+    apart[5:15, 5:15], apart[25:35, 40:50] = 1, 2
+    crowded = np.zeros((40, 60), np.int32)
+    crowded[5:35, 5:20], crowded[5:35, 20:35], crowded[5:35, 35:50] = 1, 2, 3   # three touching objects
+    samples = [Sample(np.zeros((1, 40, 60), np.float32), lab) for lab in (apart, crowded)]
+    assert sampling_weights(samples, 0.0) is None
+    w = sampling_weights(samples, 20.0)
+    assert w.sum() == pytest.approx(1.0) and w[1] > 2 * w[0]
+    _, y, _ = make_batch(samples, 64, AugmentConfig(crop=32, scale_range=(1, 1)), np.random.default_rng(0),
+                         weights=w)
+    boundary_share = (y == 2).float().mean((1, 2))  # crops of the crowded image carry much more boundary
+    assert (boundary_share > 0.07).sum() > 44   # ~82% of draws (uniform: ~50%)
 
 
 def test_contact_weights_mark_only_gaps_between_touching_objects():

@@ -297,13 +297,31 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random
     return img.astype(np.float32), lab
 
 
+def contact_share(labels: np.ndarray) -> float:
+    """Share of object pixels with another object within 2 pixels (how crowded an image is)."""
+    fg = labels > 0
+    return float((touching_other(labels, 2) & fg).sum() / max(int(fg.sum()), 1))
+
+
+def sampling_weights(samples: Sequence[Sample], dense: float) -> np.ndarray | None:
+    """Probabilities of drawing each sample: ``1 + dense × contact share``, normalised (None = uniform)."""
+    if dense <= 0:
+        return None
+    w = 1.0 + dense * np.array([contact_share(s.labels) for s in samples])
+    return w / w.sum()
+
+
 def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
-               rng: np.random.Generator, contact_weight: float = 0.0, contact_band: int = 1
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images, class targets and pixel weights (:func:`contact_weights`) of random augmented crops."""
+               rng: np.random.Generator, contact_weight: float = 0.0, contact_band: int = 1,
+               weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, class targets and pixel weights (:func:`contact_weights`) of random augmented crops.
+
+    ``weights`` are the probabilities of drawing each sample (default: uniform).
+    """
     xs, ys, ws = [], [], []
     for _ in range(batch_size):
-        s = samples[int(rng.integers(len(samples)))]
+        i = int(rng.integers(len(samples))) if weights is None else int(rng.choice(len(samples), p=weights))
+        s = samples[i]
         scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
         img, lab = random_crop(s, cfg.crop, scale, rng)
         img, lab = augment(img, lab, cfg, rng)
@@ -351,6 +369,7 @@ class TrainConfig:
     contact_weight: float = 4.0       # extra weight on gaps between touching objects (0 = off)
     contact_band: int = 1             # boundary width (px) where objects touch (1 = the inner border only)
     ema: float = 0.0                  # validate/save an exponential moving average of the weights (0 = off)
+    dense_sampling: float = 0.0       # draw crowded images more often: weight 1 + this × share of touching pixels
     invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
@@ -481,6 +500,7 @@ def iter_train(
         raise ValueError(f"model expects {net.config.in_channels} channel(s), training images have "
                          f"{samples[0].image.shape[0]}")
 
+    draw = sampling_weights(samples, cfg.dense_sampling)
     net.to(device).train()
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
@@ -523,7 +543,8 @@ def iter_train(
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight, cfg.contact_band)
+        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight, cfg.contact_band,
+                             draw)
         x, y, w = x.to(device), y.to(device), w.to(device)
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
