@@ -32,7 +32,7 @@ def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
     assert main(["segment", str(src), "-o", str(tmp_path / "bright"), "-q", "--min-brightness", "0.7"]) == 0
     bright = pd.read_csv(tmp_path / "bright" / "nuclei_measurements.csv")
     assert 0 < len(bright) < n and bright.mean_intensity.min() > table.mean_intensity.min()
-    # --min-confidence 0 keeps the unsure objects the model default (0.9) drops (two on this image)
+    # --min-confidence 0 keeps the unsure objects the model default (0.9) drops
     assert main(["segment", str(src), "-o", str(tmp_path / "unsure"), "-q", "--min-confidence", "0"]) == 0
     assert len(pd.read_csv(tmp_path / "unsure" / "nuclei_measurements.csv")) > n
 
