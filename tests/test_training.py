@@ -88,6 +88,17 @@ def test_training_is_reproducible(tmp_path):
         assert np.allclose(va.numpy(), vb.numpy(), atol=1e-5), k
 
 
+def test_averaged_training_without_validation_saves_the_average(tmp_path):
+    pairs = [disc_image(seed=i) for i in range(2)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=3, minutes=5, precision="fp32",
+                      augment=AugmentConfig(crop=64), seed=7)
+    live = drive(iter_train(pairs, [], tmp_path / "a.pt", cfg))
+    cfg.ema = 0.99
+    averaged = drive(iter_train(pairs, [], tmp_path / "b.pt", cfg))  # same steps, the average is kept
+    k = next(k for k, v in live.net.state_dict().items() if v.is_floating_point())
+    assert not np.allclose(live.net.state_dict()[k].numpy(), averaged.net.state_dict()[k].numpy(), atol=1e-6)
+
+
 def test_tune_thresholds_picks_best():
     _, labels = disc_image(centers=((48, 38), (48, 58)), radius=11)
     t = labels_to_targets(labels)

@@ -587,6 +587,8 @@ def iter_train(
 
     if best_state is not None:
         net.load_state_dict(best_state)
+    elif average is not None:  # no validation ran: keep the averaged weights, as validation would have
+        net.load_state_dict(average.state)
     net.eval()
     model.meta["history"] = history
     model.meta["steps"] = step
