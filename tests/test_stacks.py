@@ -37,6 +37,11 @@ def test_volume_labels_counts_3d_objects_once(z_ratio):
     assert labels.shape == truth.shape and labels.max() == 2
     iou, _, _ = iou_matrix(truth, labels)
     assert (iou.max(1) > 0.6).all()
+    # a 2D model's per-slice distance output is not used for 3D objects (a noisy one changes nothing)
+    noise = np.random.default_rng(0).random((len(probs), 1, *probs.shape[2:]), dtype=np.float32)
+    with_distance = volume_labels(np.concatenate([probs, noise], 1), InstanceParams(min_size=20), diameter=20,
+                                  z_ratio=z_ratio)
+    assert np.array_equal(with_distance, labels)
 
 
 def test_count_rows_and_measure_stack():

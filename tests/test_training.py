@@ -1,12 +1,15 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from napari_cellunet.arrays import to_grey
 from napari_cellunet.segment import normalize_for_model
-from napari_cellunet.inference import drive
+from napari_cellunet.inference import drive, iter_predict
 from napari_cellunet.models import load_model
 from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
-                                      add_halos, add_speckles, add_texture, contact_weights, iter_train,
+                                      add_halos, add_speckles, add_texture, contact_weights, distance_target,
+                                      iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
                                       sampling_weights, tune_thresholds, WeightAverage)
 from napari_cellunet.instances import InstanceParams
@@ -53,8 +56,9 @@ def test_sample_rescaled_to_canonical_diameter_and_batches():
     d = 2 * np.sqrt((s.labels == 1).sum() / np.pi)
     assert abs(d - 16) < 2 and s.image.shape == (1, *s.labels.shape)
     rng = np.random.default_rng(0)
-    x, y, w = make_batch([s], 3, AugmentConfig(crop=48), rng)
+    x, y, w, d = make_batch([s], 3, AugmentConfig(crop=48), rng)
     assert tuple(x.shape) == (3, 1, 48, 48) and tuple(y.shape) == (3, 48, 48) and w.shape == y.shape
+    assert d is None  # distance targets only when asked for
     a, b = augment(s.image, s.labels, AugmentConfig(), np.random.default_rng(1))
     assert a.shape == s.image.shape and b.shape == s.labels.shape
 
@@ -76,6 +80,38 @@ def test_tiny_training_run_saves_loadable_model(tmp_path):
                                                                             augment=AugmentConfig(crop=64)),
                              init=loaded))
     assert tuned.config == loaded.config and load_model(tmp_path / "ft.pt").diameter == 16.0
+
+
+def test_distance_target_peaks_once_per_object_also_where_objects_touch():
+    _, lab = disc_image(centers=((48, 38), (48, 58)), radius=11)  # two overlapping (touching) discs
+    t = distance_target(lab)
+    assert t[lab == 0].max() == 0 and 0 <= t.min() and t.max() == 1
+    for i, cx in ((1, 38), (2, 58)):
+        assert t[lab == i].max() == 1 and t[48, cx] > 0.8  # 1 near each centre
+    assert t[48, 48] < 0.2  # low on the line where they touch
+    assert not distance_target(np.zeros((8, 8), int)).any()
+
+
+def test_distance_training_adds_an_output_and_keeps_the_class_outputs(tmp_path):
+    pairs = [disc_image(shape=(96, 96), centers=((30 + 5 * i, 30), (60, 60 - 3 * i)), radius=10, seed=i)
+             for i in range(3)]
+    cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=2, minutes=5, precision="fp32",
+                      augment=AugmentConfig(crop=64), seed=3)
+    plain = drive(iter_train(pairs[:2], [], tmp_path / "plain.pt", cfg))
+    s = make_sample(*pairs[0], diameter=16.0)
+    _, y, _, d = make_batch([s], 2, AugmentConfig(crop=48), np.random.default_rng(0), distance=True)
+    assert d.shape == y.shape and float(d.max()) == 1.0 and not d[y == 0].any()
+    # fine-tuning with distance=True: a new output; before any step the class outputs are the init's
+    cfg0 = TrainConfig(max_steps=0, distance=True, augment=AugmentConfig(crop=64))
+    grown = drive(iter_train(pairs[:2], [], tmp_path / "grown.pt", cfg0, init=plain))
+    assert grown.config.distance and grown.config.n_outputs == 4
+    x = normalize_for_model(plain, pairs[2][0][None])
+    p_plain = drive(iter_predict(plain.net, x, precision="fp32"))
+    p_grown = drive(iter_predict(grown.net, x, precision="fp32"))
+    assert p_grown.shape == (1, 4, 96, 96) and np.allclose(p_grown[:, :3], p_plain, atol=1e-5)
+    assert 0 <= p_grown[:, 3].min() and p_grown[:, 3].max() <= 1
+    trained = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "d.pt", replace(cfg, distance=True)))
+    assert load_model(tmp_path / "d.pt").config.distance and trained.meta["history"]
 
 
 def test_training_is_reproducible(tmp_path):
@@ -182,7 +218,7 @@ def test_dense_sampling_draws_crowded_images_more_often():
     assert sampling_weights(samples, 0.0) is None
     w = sampling_weights(samples, 20.0)
     assert w.sum() == pytest.approx(1.0) and w[1] > 2 * w[0]
-    _, y, _ = make_batch(samples, 64, AugmentConfig(crop=32, scale_range=(1, 1)), np.random.default_rng(0),
+    _, y, _, _ = make_batch(samples, 64, AugmentConfig(crop=32, scale_range=(1, 1)), np.random.default_rng(0),
                          weights=w)
     boundary_share = (y == 2).float().mean((1, 2))  # crops of the crowded image carry much more boundary
     assert (boundary_share > 0.07).sum() > 44   # ~82% of draws (uniform: ~50%)

@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
                       contact_weight=args.contact_weight, contact_band=args.contact_band, ema=args.ema,
-                      dense_sampling=args.dense_sampling,
+                      dense_sampling=args.dense_sampling, distance=args.distance,
                       invert=True if args.invert else None,
                       augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob, **augment))
     out = Path(args.out) if args.out else None
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep an exponential moving average of the weights with this decay, e.g. 0.998 (0 = off)")
     t.add_argument("--dense-sampling", type=float, default=0.0,
                    help="draw crowded images more often: weight 1 + this x their share of touching-object pixels")
+    t.add_argument("--distance", action="store_true",
+                   help="add a distance-to-border output; touching objects are split at its peaks")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt (written at each validation)")
     t.add_argument("--device", default="auto")

@@ -136,8 +136,9 @@ def _flip_variants(dims: int, tta: bool) -> list[tuple[int, ...]]:
 @torch.no_grad()
 def _forward(net: UNet, batch: torch.Tensor, autocast_dtype: torch.dtype | None,
              flips: list[tuple[int, ...]]) -> torch.Tensor:
-    """Softmax probabilities of ``batch``, averaged over flip variants."""
+    """Class probabilities (softmax) [+ distance, sigmoid] of ``batch``, averaged over flip variants."""
     device = batch.device
+    k = net.config.n_classes
     out = None
     for f in flips:
         x = torch.flip(batch, f) if f else batch
@@ -146,7 +147,10 @@ def _forward(net: UNet, batch: torch.Tensor, autocast_dtype: torch.dtype | None,
                 logits = net(x)
         else:
             logits = net(x)
-        p = torch.softmax(logits.float(), dim=1)
+        logits = logits.float()
+        p = torch.softmax(logits[:, :k], dim=1)
+        if logits.shape[1] > k:
+            p = torch.cat([p, torch.sigmoid(logits[:, k:])], dim=1)
         p = torch.flip(p, f) if f else p
         out = p if out is None else out + p
     return out / len(flips)
@@ -168,7 +172,7 @@ def iter_predict(
 
     ``images`` has shape ``(N, C, *spatial)`` (``len(spatial) == net.config.dims``)
     and is already normalised. Yields :class:`Progress` after every tile batch and
-    returns probabilities of shape ``(N, n_classes, *spatial)`` (float32).
+    returns probabilities of shape ``(N, n_outputs, *spatial)`` (float32): classes [+ distance].
     Tiles from all N images share batches, so stacks of small slices stay fast.
     ``channels_last`` (CPU only) uses the memory layout oneDNN convolutions prefer.
     """
@@ -197,7 +201,7 @@ def iter_predict(
     windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*starts)]
     jobs = [(i, w) for i in range(n) for w in windows]
 
-    out = np.zeros((n, cfg.n_classes, *spatial), dtype=np.float32)
+    out = np.zeros((n, cfg.n_outputs, *spatial), dtype=np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
     for w in windows:
         norm[w] += weights

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .inference import Progress, resize_spatial
-from .instances import InstanceParams, drop_dim_objects, merge_flickers, probabilities_to_labels, remove_small
+from .instances import (DISTANCE, InstanceParams, drop_dim_objects, merge_flickers, probabilities_to_labels,
+                        remove_small)
 from .models import CellModel
 from .segment import PredictOptions, Segmentation, default_min_size, iter_segment
 
@@ -79,6 +80,7 @@ def volume_labels(probs: np.ndarray, params: InstanceParams, diameter: float | N
     coarser, with objects about ``POSTPROCESS_DIAMETER`` wide (bounded memory and
     time), and the labels are sampled back to the image grid.
     """
+    probs = probs[:, :DISTANCE]  # a 2D model's distance output is per slice: not a 3D distance
     z, n_classes, y, x = probs.shape
     fxy = 1.0
     if diameter and z * y * x > MAX_FULLRES_VOXELS:

@@ -71,6 +71,26 @@ def labels_to_targets(labels: np.ndarray, contact_band: int = 1) -> np.ndarray:
     return target
 
 
+def distance_target(labels: np.ndarray) -> np.ndarray:
+    """Each object's distance to its border (or to a touching object), scaled to 1 at its centre.
+
+    The target of the optional distance output (``UNetConfig.distance``): one
+    peak per object, also between touching objects the boundary class misses.
+    Background is 0.
+    """
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, np.float32)
+    n = int(labels.max())
+    if n == 0:
+        return out
+    inside = (labels > 0) & ~touching_other(labels, 1)
+    dist = ndi.distance_transform_edt(inside).astype(np.float32)
+    peak = np.zeros(n + 1, np.float32)
+    np.maximum.at(peak, labels.ravel(), dist.ravel())
+    np.divide(dist, peak[labels], out=out, where=peak[labels] > 0)
+    return out
+
+
 def touching_other(labels: np.ndarray, reach: int) -> np.ndarray:
     """Pixels with two different objects within ``reach`` pixels (a (2·reach+1) window)."""
     size = 2 * reach + 1
@@ -313,12 +333,14 @@ def sampling_weights(samples: Sequence[Sample], dense: float) -> np.ndarray | No
 
 def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
                rng: np.random.Generator, contact_weight: float = 0.0, contact_band: int = 1,
-               weights: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images, class targets and pixel weights (:func:`contact_weights`) of random augmented crops.
+               weights: np.ndarray | None = None, distance: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Images, class targets, pixel weights (:func:`contact_weights`) and distance targets of random crops.
 
     ``weights`` are the probabilities of drawing each sample (default: uniform).
+    Distance targets (:func:`distance_target`) only with ``distance``, else None.
     """
-    xs, ys, ws = [], [], []
+    xs, ys, ws, ds = [], [], [], []
     for _ in range(batch_size):
         i = int(rng.integers(len(samples))) if weights is None else int(rng.choice(len(samples), p=weights))
         s = samples[i]
@@ -328,14 +350,25 @@ def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
         xs.append(img)
         ys.append(labels_to_targets(lab, contact_band))
         ws.append(contact_weights(lab, contact_weight))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ws))
+        if distance:
+            ds.append(distance_target(lab))
+    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ws)),
+            torch.from_numpy(np.stack(ds)) if distance else None)
 
 
 # --------------------------------------------------------------------------- loss
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor,
-            pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Class- and pixel-weighted cross-entropy + soft Dice over interior and boundary."""
+            pixel_weights: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> torch.Tensor:
+    """Class- and pixel-weighted cross-entropy + soft Dice over interior and boundary.
+
+    With a ``distance`` target, the output after the classes is its logit (binary cross-entropy).
+    """
     logits = logits.float()
+    extra = 0.0
+    if distance is not None:
+        k = len(class_weights)
+        extra = F.binary_cross_entropy_with_logits(logits[:, k], distance.float())
+        logits = logits[:, :k]
     if pixel_weights is None:
         ce = F.cross_entropy(logits, target, weight=class_weights)
     else:
@@ -347,7 +380,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Ten
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = 1 - (2 * inter + 1) / (denom + 1)
-    return ce + dice[:, 1:].mean()
+    return ce + dice[:, 1:].mean() + extra
 
 
 # --------------------------------------------------------------------------- training
@@ -370,6 +403,7 @@ class TrainConfig:
     contact_band: int = 1             # boundary width (px) where objects touch (1 = the inner border only)
     ema: float = 0.0                  # validate/save an exponential moving average of the weights (0 = off)
     dense_sampling: float = 0.0       # draw crowded images more often: weight 1 + this × share of touching pixels
+    distance: bool = False            # add the distance output (a model without one gets a new head)
     invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
@@ -448,6 +482,20 @@ class WeightAverage:
                     self.state[k].copy_(v)
 
 
+def _copy_net(net: UNet, distance: bool) -> UNet:
+    """A copy of ``net``; with ``distance`` and none in ``net``, a fresh distance output is added."""
+    config = replace(net.config, distance=distance)
+    out = UNet(config)
+    state = net.state_dict()
+    if config.distance and not net.config.distance:
+        head = out.state_dict()
+        for key in ("head.weight", "head.bias"):
+            head[key][: net.config.n_classes] = state[key]
+            state[key] = head[key]
+    out.load_state_dict(state)
+    return out
+
+
 def iter_train(
     train_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     val_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -475,12 +523,12 @@ def iter_train(
     torch.manual_seed(cfg.seed)
     device = select_device(cfg.device)
     if init is not None:
-        net = UNet(init.config)
-        net.load_state_dict(init.net.state_dict())
+        net = _copy_net(init.net, distance=cfg.distance or init.config.distance)
         diameter = init.diameter
     else:
         net = UNet(UNetConfig(dims=cfg.dims, in_channels=1, n_classes=3, depth=cfg.depth,
-                              base_channels=cfg.base_channels, up_mode=cfg.up_mode, norm=cfg.norm))
+                              base_channels=cfg.base_channels, up_mode=cfg.up_mode, norm=cfg.norm,
+                              distance=cfg.distance))
         diameter = cfg.diameter
     dims = net.config.dims
     invert = bool(cfg.invert if cfg.invert is not None else (init.invert if init else False))
@@ -543,14 +591,15 @@ def iter_train(
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x, y, w = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight, cfg.contact_band,
-                             draw)
+        x, y, w, dt = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
+                                 cfg.contact_band, draw, net.config.distance)
         x, y, w = x.to(device), y.to(device), w.to(device)
+        dt = dt.to(device) if dt is not None else None
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
         with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
             logits = net(x)
-        loss = loss_fn(logits, y, weights, w)
+        loss = loss_fn(logits, y, weights, w, dt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -2,7 +2,8 @@
 
 Contracting path: per level 2x(3x3 conv, norm, ReLU) then 2x2 max-pool.
 Expanding path: 2x2 up-conv (or interpolation + 1x1 conv), skip concatenation,
-2x(3x3 conv, norm, ReLU); a final 1x1 conv gives the class logits.
+2x(3x3 conv, norm, ReLU); a final 1x1 conv gives the class logits (and,
+optionally, one more output: each object's distance to its border).
 
 Unlike the paper, convolutions are padded and the input is padded to a multiple
 of ``2**depth`` (and cropped back), so any input size works.
@@ -31,6 +32,11 @@ class UNetConfig:
     base_channels: int = 16
     up_mode: str = "transpose"
     norm: str = "batch"
+    distance: bool = False  # one extra output after the classes: distance to the object border (0-1)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes + int(self.distance)
 
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
@@ -102,7 +108,7 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """UNet producing per-pixel class logits (background, interior, boundary)."""
+    """UNet producing per-pixel class logits (background, interior, boundary) [+ a distance logit]."""
 
     def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -117,7 +123,7 @@ class UNet(nn.Module):
             Up(c.dims, widths[i + 1], widths[i], c.norm, c.up_mode)
             for i in reversed(range(c.depth))
         )
-        self.head = _conv(c.dims)(widths[0], c.n_classes, kernel_size=1)
+        self.head = _conv(c.dims)(widths[0], c.n_outputs, kernel_size=1)
 
     @property
     def size_multiple(self) -> int:
