@@ -25,19 +25,20 @@ def test_two_touching_discs_give_two_labels():
         assert counts.max() / counts.sum() > 0.9
 
 
-def test_predicted_distance_decides_where_a_seed_component_is_split():
+def test_predicted_distance_gives_the_seeds_where_there_is_one():
     # a peanut of two overlapping discs with no boundary between them: one interior component
     yy, xx = np.indices((96, 96))
     discs = [((yy - 48) ** 2 + (xx - cx) ** 2 <= 11**2) for cx in (37, 59)]
     blob = discs[0] | discs[1]
     p = np.stack([~blob, blob, np.zeros_like(blob)]).astype(np.float32)
-    params = InstanceParams(min_size=5, merge_fragments=0)
+    params = InstanceParams(min_size=5, merge_fragments=0, seed_threshold=0.5)
     assert probabilities_to_labels(p, params, diameter=22).max() == 2  # its distance transform has two peaks
-    one_peak = np.clip(1 - np.hypot(yy - 48, xx - 48) / 22, 0, 1) * blob
-    assert probabilities_to_labels(np.concatenate([p, one_peak[None]]), params, diameter=22).max() == 1
-    two_peaks = np.maximum(*[np.clip(1 - np.hypot(yy - 48, xx - cx) / 11, 0, 1) for cx in (37, 59)]) * blob
-    out = probabilities_to_labels(np.concatenate([p, two_peaks[None]]), params, diameter=22)
+    one_hill = np.clip(1 - np.hypot(yy - 48, xx - 48) / 22, 0, 1) * blob
+    assert probabilities_to_labels(np.concatenate([p, one_hill[None]]), params, diameter=22).max() == 1
+    two_hills = np.maximum(*[np.clip(1 - np.hypot(yy - 48, xx - cx) / 11, 0, 1) for cx in (37, 59)]) * blob
+    out = probabilities_to_labels(np.concatenate([p, two_hills[None]]), params, diameter=22)
     assert out.max() == 2 and out[48, 37] != out[48, 59]
+    assert abs(int((out == out[48, 37]).sum()) - int((out == out[48, 59]).sum())) < 10  # split in the middle
 
 
 def test_one_disc_gives_one_label():

@@ -141,6 +141,13 @@ def test_tune_thresholds_picks_best():
     p = np.stack([(t == 0), (t == 1) * 0.45, (t == 2) + (t == 1) * 0.55]).astype(np.float32)[None]
     best, scores = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
     assert scores["ap50"] == 1.0 and scores["count_error"] == 0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
+    # with a distance output the seed grid is the distance one: here only 0.45 separates the two hills
+    yy, xx = np.indices(labels.shape)
+    hills = np.minimum(0.47, np.maximum(*[1 - np.hypot(yy - 48, xx - cx) / 17.2 for cx in (38, 58)])) * (labels > 0)
+    blob = (labels > 0).astype(np.float32)
+    p = np.stack([1 - blob, blob, 0 * blob, hills]).astype(np.float32)[None]
+    best, scores = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5, merge_fragments=0))
+    assert scores["ap50"] == 1.0 and best.seed_threshold == 0.45
 
 
 def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):

@@ -263,7 +263,8 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self._prob = FloatSpinBox(label="prob threshold", value=0.5, min=0.05, max=0.95, step=0.05,
                                   tooltip="foreground probability threshold (lower = bigger objects)")
         self._seed = FloatSpinBox(label="seed threshold", value=0.5, min=0.05, max=0.95, step=0.05,
-                                  tooltip="interior probability for seeds (higher = fewer splits)")
+                                  tooltip="interior probability for seeds, or distance to the border for models with a "
+                                          "distance output (higher = fewer splits)")
         self._min_size = SpinBox(label="min size (px)", value=0, min=0, max=10_000_000, step=5,
                                  tooltip="drop smaller objects; 0 = auto (10% of a typical object)")
         self._min_bright = FloatSpinBox(label="min brightness", value=0.0, min=0.0, max=0.9, step=0.05,

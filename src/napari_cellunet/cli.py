@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory bound)")
     s.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower)")
     s.add_argument("--prob-threshold", type=float, default=None)
-    s.add_argument("--seed-threshold", type=float, default=None)
+    s.add_argument("--seed-threshold", type=float, default=None,
+                   help="interior probability (or distance output, 0-1) for seeds; higher = fewer splits")
     s.add_argument("--min-size", type=int, default=None, help="minimum object size in pixels (0 = auto)")
     s.add_argument("--min-brightness", type=float, default=None,
                    help="drop objects dimmer than this share of the image's bright objects, e.g. 0.4 for "

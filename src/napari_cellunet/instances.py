@@ -46,13 +46,11 @@ class InstanceParams:
         return cls(**{k: type(getattr(cls, k))(d[k]) for k in cls.__dataclass_fields__ if k in d})
 
 
-def split_by_distance(pieces: np.ndarray, diameter: float,
-                      distance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
     """Split seed components at peaks of their (smoothed) distance transform.
 
     Touching cells whose interiors still touch form one component; its distance
-    transform has one peak per cell, at least ~0.4 diameters apart. A predicted
-    ``distance`` map (the model's distance output) replaces the transform. Components
+    transform has one peak per cell, at least ~0.4 diameters apart. Components
     without a clear peak keep one seed. Returns (seeds, watershed landscape).
     Peaks are searched once over the whole image (a per-component search is
     several times slower on images with hundreds of nuclei; a peak suppressed by
@@ -60,9 +58,8 @@ def split_by_distance(pieces: np.ndarray, diameter: float,
     """
     from skimage.feature import peak_local_max
 
-    if distance is None:
-        distance = ndi.distance_transform_edt(pieces > 0).astype(np.float32)
-    dist = ndi.gaussian_filter(np.asarray(distance, np.float32), 1.0, output=np.float32)
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(pieces > 0).astype(np.float32), 1.0,
+                               output=np.float32)
     min_distance = max(2, int(round(0.4 * diameter)))
     peaks = peak_local_max(dist, min_distance=min_distance, exclude_border=False)
     if len(peaks):
@@ -229,7 +226,10 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
 
     Seeds are connected components of the interior; with ``diameter`` (pixels)
     and ``params.split_touching`` they are further split at distance-transform
-    peaks (:func:`split_by_distance`; of the predicted distance where there is one). Foreground blobs without a seed count as
+    peaks (:func:`split_by_distance`). With a predicted distance (a fourth
+    channel), seeds are its connected components above ``params.seed_threshold``
+    instead, and it is the watershed landscape: it dips between touching cells
+    even where no boundary is predicted, and stays one hill over a textured one. Foreground blobs without a seed count as
     one object each. Seeds grow over the foreground by watershed; then, with
     ``diameter``, fragments are merged (:func:`merge_fragments`), and objects the
     network is unsure of are dropped (:func:`drop_unconfident`).
@@ -239,15 +239,15 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     if probs.ndim < 3 or probs.shape[0] < 2:
         raise ValueError(f"expected (classes, *spatial) probabilities, got shape {probs.shape}")
     interior = probs[INTERIOR]
+    distance = probs[DISTANCE] if probs.shape[0] > DISTANCE else None
     foreground = (1.0 - probs[BACKGROUND]) > p.prob_threshold
-    seeds, n = ndi.label((interior > p.seed_threshold) & foreground)
+    landscape = -interior if distance is None else -distance
+    seeds, n = ndi.label((landscape < -p.seed_threshold) & foreground)
     if n and p.min_seed_size > 1:
         seeds = remove_small(seeds, p.min_seed_size).astype(np.int32)
         n = int(seeds.max())
-    landscape = -interior
-    if n and diameter and p.split_touching:
-        distance = probs[DISTANCE] if probs.shape[0] > DISTANCE else None
-        seeds, landscape = split_by_distance(seeds, diameter, distance)
+    if n and diameter and p.split_touching and distance is None:
+        seeds, landscape = split_by_distance(seeds, diameter)
         n = int(seeds.max())
     # Foreground blobs that contain no seed still count as one object each.
     blobs, n_blobs = ndi.label(foreground)

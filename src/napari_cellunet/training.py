@@ -29,7 +29,7 @@ from skimage.segmentation import find_boundaries
 
 from .arrays import to_grey
 from .inference import Progress, normalize_percentile, resize_spatial, resolve_precision, select_device
-from .instances import BACKGROUND, BOUNDARY, INTERIOR, InstanceParams
+from .instances import BACKGROUND, BOUNDARY, DISTANCE, INTERIOR, InstanceParams
 from .metrics import dataset_scores
 from .models import CellModel, save_model
 from .segment import PredictOptions, iter_segment, labels_from_probabilities, median_diameter
@@ -443,12 +443,19 @@ def threshold_objective(scores: dict[str, float]) -> float:
     return scores["ap50"] + scores["dsb"] - scores["count_error"]
 
 
+SEED_GRID = (0.4, 0.5, 0.6, 0.7)  # interior probability
+DISTANCE_SEED_GRID = (0.4, 0.45, 0.5, 0.55, 0.6)  # distance output: a steep optimum near 0.5
+
+
 def tune_thresholds(cached, truths, base: InstanceParams, prob_grid=(0.4, 0.5, 0.6, 0.7),
-                    seed_grid=(0.4, 0.5, 0.6, 0.7)) -> tuple[InstanceParams, dict[str, float]]:
+                    seed_grid=None) -> tuple[InstanceParams, dict[str, float]]:
     """Grid-search post-processing thresholds on cached val probabilities.
 
+    The seed grid depends on whether the probabilities carry a distance output.
     Returns the parameters with the best :func:`threshold_objective` and their scores.
     """
+    if seed_grid is None:
+        seed_grid = DISTANCE_SEED_GRID if cached and cached[0][0].shape[1] > DISTANCE else SEED_GRID
     best, best_scores, best_value = base, {}, -np.inf
     for pt in prob_grid:
         for st in seed_grid:
