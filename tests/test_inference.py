@@ -32,12 +32,13 @@ def test_tiled_equals_untiled(bundled_model, sample):
     img = normalize_for_model(bundled_model, sample[None, :256, :256])
     whole = predict(bundled_model.net, img, tile=512, precision="fp32")
     tiled = predict(bundled_model.net, img, tile=128, overlap=0.25, batch_size=8, precision="fp32")
-    assert whole.shape == tiled.shape == (1, 3, 256, 256)
+    assert whole.shape == tiled.shape == (1, bundled_model.config.n_outputs, 256, 256)
     diff = np.abs(whole - tiled)
     # 128-px tiles at native scale hold only a few nuclei of context: small seams in the
     # probabilities are expected (stage 3: 99th percentile 0.08, stage 4: 0.10); the labels must agree
     assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.15
-    np.testing.assert_allclose(whole.sum(1), 1, atol=1e-4)
+    np.testing.assert_allclose(whole[:, :3].sum(1), 1, atol=1e-4)  # class probabilities
+    assert 0 <= whole[:, 3:].min() and whole[:, 3:].max() <= 1  # the distance output, if any
     params = bundled_model.instance_params
     a = labels_from_probabilities(whole, params, bundled_model.diameter)[0]
     b = labels_from_probabilities(tiled, params, bundled_model.diameter)[0]
@@ -55,7 +56,7 @@ def test_tta_and_progress_and_cancel(bundled_model, sample):
     img = normalize_for_model(bundled_model, sample[None, :200, :200])
     seen: list[Progress] = []
     out = predict(bundled_model.net, img, tile=64, tta=True, progress=seen.append)
-    assert out.shape == (1, 3, 200, 200)
+    assert out.shape == (1, bundled_model.config.n_outputs, 200, 200)
     assert seen[0].done == 0 and seen[-1].done == seen[-1].total > 1
     calls = []
     with pytest.raises(Cancelled):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -28,17 +30,28 @@ def test_two_touching_discs_give_two_labels():
 def test_predicted_distance_gives_the_seeds_where_there_is_one():
     # a peanut of two overlapping discs with no boundary between them: one interior component
     yy, xx = np.indices((96, 96))
-    discs = [((yy - 48) ** 2 + (xx - cx) ** 2 <= 11**2) for cx in (37, 59)]
+    discs = [((yy - 48) ** 2 + (xx - cx) ** 2 <= 11**2) for cx in (40, 56)]
     blob = discs[0] | discs[1]
     p = np.stack([~blob, blob, np.zeros_like(blob)]).astype(np.float32)
-    params = InstanceParams(min_size=5, merge_fragments=0, seed_threshold=0.5)
-    assert probabilities_to_labels(p, params, diameter=22).max() == 2  # its distance transform has two peaks
-    one_hill = np.clip(1 - np.hypot(yy - 48, xx - 48) / 22, 0, 1) * blob
-    assert probabilities_to_labels(np.concatenate([p, one_hill[None]]), params, diameter=22).max() == 1
-    two_hills = np.maximum(*[np.clip(1 - np.hypot(yy - 48, xx - cx) / 11, 0, 1) for cx in (37, 59)]) * blob
-    out = probabilities_to_labels(np.concatenate([p, two_hills[None]]), params, diameter=22)
-    assert out.max() == 2 and out[48, 37] != out[48, 59]
-    assert abs(int((out == out[48, 37]).sum()) - int((out == out[48, 59]).sum())) < 10  # split in the middle
+    split = InstanceParams(min_size=5, merge_fragments=0, seed_threshold=0.5)
+    whole = replace(split, split_touching=False)
+    assert probabilities_to_labels(p, whole, diameter=22).max() == 1
+    assert probabilities_to_labels(p, split, diameter=22).max() == 2  # its distance transform has two peaks
+
+    def with_distance(hills):
+        return np.concatenate([p, (hills * blob)[None]])
+
+    # distance seeds: one hill is one object, two hills are two (no splitting needed)
+    one_hill = np.clip(1 - np.hypot(yy - 48, xx - 48) / 30, 0, 1)
+    assert probabilities_to_labels(with_distance(one_hill), whole, diameter=22).max() == 1
+    two_hills = np.maximum(*[np.clip(1 - np.hypot(yy - 48, xx - cx) / 8, 0, 1) for cx in (40, 56)])
+    out = probabilities_to_labels(with_distance(two_hills), whole, diameter=22)
+    assert out.max() == 2 and out[48, 40] != out[48, 56]
+    assert abs(int((out == out[48, 40]).sum()) - int((out == out[48, 56]).sum())) < 10  # split in the middle
+    # hills joined above the seed threshold give one seed component, split like interior seeds
+    broad = np.maximum(*[np.clip(1 - np.hypot(yy - 48, xx - cx) / 30, 0, 1) for cx in (40, 56)])
+    assert probabilities_to_labels(with_distance(broad), whole, diameter=22).max() == 1
+    assert probabilities_to_labels(with_distance(broad), split, diameter=22).max() == 2
 
 
 def test_one_disc_gives_one_label():

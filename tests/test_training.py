@@ -146,7 +146,8 @@ def test_tune_thresholds_picks_best():
     hills = np.minimum(0.47, np.maximum(*[1 - np.hypot(yy - 48, xx - cx) / 17.2 for cx in (38, 58)])) * (labels > 0)
     blob = (labels > 0).astype(np.float32)
     p = np.stack([1 - blob, blob, 0 * blob, hills]).astype(np.float32)[None]
-    best, scores = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5, merge_fragments=0))
+    base = InstanceParams(min_size=5, merge_fragments=0, split_touching=False)
+    best, scores = tune_thresholds([(p, 22.0)], [labels], base)
     assert scores["ap50"] == 1.0 and best.seed_threshold == 0.45
 
 

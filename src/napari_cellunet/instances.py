@@ -228,8 +228,8 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     and ``params.split_touching`` they are further split at distance-transform
     peaks (:func:`split_by_distance`). With a predicted distance (a fourth
     channel), seeds are its connected components above ``params.seed_threshold``
-    instead, and it is the watershed landscape: it dips between touching cells
-    even where no boundary is predicted, and stays one hill over a textured one. Foreground blobs without a seed count as
+    instead of the interior's (split the same way), and it is the watershed
+    landscape: it dips between touching cells even where no boundary is predicted. Foreground blobs without a seed count as
     one object each. Seeds grow over the foreground by watershed; then, with
     ``diameter``, fragments are merged (:func:`merge_fragments`), and objects the
     network is unsure of are dropped (:func:`drop_unconfident`).
@@ -246,8 +246,9 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     if n and p.min_seed_size > 1:
         seeds = remove_small(seeds, p.min_seed_size).astype(np.int32)
         n = int(seeds.max())
-    if n and diameter and p.split_touching and distance is None:
-        seeds, landscape = split_by_distance(seeds, diameter)
+    if n and diameter and p.split_touching:
+        seeds, dist_landscape = split_by_distance(seeds, diameter)
+        landscape = dist_landscape if distance is None else landscape
         n = int(seeds.max())
     # Foreground blobs that contain no seed still count as one object each.
     blobs, n_blobs = ndi.label(foreground)
