@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dense-sampling", type=float, default=0.0,
                    help="draw crowded images more often: weight 1 + this x their share of touching-object pixels")
     t.add_argument("--distance", action="store_true",
-                   help="add a distance-to-border output; touching objects are split at its peaks")
+                   help="add a distance-to-border output (seeds for touching objects come from it)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt (written at each validation)")
     t.add_argument("--device", default="auto")

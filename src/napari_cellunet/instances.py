@@ -6,8 +6,9 @@ touching cells give separate seeds); components that still join several cells
 are split at peaks of their distance transform. Seeds are grown back over the foreground
 (1 - p_background) by a watershed, so each cell gets its full extent and touching
 cells stay apart. Pieces much smaller than a typical object that touch a larger
-one (a textured nucleus cut at its nucleoli) are merged into it. Works for 2D
-and 3D arrays alike.
+one (a textured nucleus cut at its nucleoli) are merged into it. Models with a
+distance output (distance to the object border, 1 at its centre) take their
+seeds and watershed landscape from it instead. Works for 2D and 3D arrays alike.
 """
 
 from __future__ import annotations
@@ -227,10 +228,10 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     Seeds are connected components of the interior; with ``diameter`` (pixels)
     and ``params.split_touching`` they are further split at distance-transform
     peaks (:func:`split_by_distance`). With a predicted distance (a fourth
-    channel), seeds are its connected components above ``params.seed_threshold``
-    instead of the interior's (split the same way), and it is the watershed
-    landscape: it dips between touching cells even where no boundary is predicted. Foreground blobs without a seed count as
-    one object each. Seeds grow over the foreground by watershed; then, with
+    channel), seeds come from it instead of the interior (split the same way),
+    and it is the watershed landscape: it dips between touching cells even where
+    no boundary is predicted. Foreground blobs without a seed count as one
+    object each. Seeds grow over the foreground by watershed; then, with
     ``diameter``, fragments are merged (:func:`merge_fragments`), and objects the
     network is unsure of are dropped (:func:`drop_unconfident`).
     """
@@ -241,14 +242,16 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
     interior = probs[INTERIOR]
     distance = probs[DISTANCE] if probs.shape[0] > DISTANCE else None
     foreground = (1.0 - probs[BACKGROUND]) > p.prob_threshold
-    landscape = -interior if distance is None else -distance
-    seeds, n = ndi.label((landscape < -p.seed_threshold) & foreground)
+    seed_map = interior if distance is None else distance
+    seeds, n = ndi.label((seed_map > p.seed_threshold) & foreground)
     if n and p.min_seed_size > 1:
         seeds = remove_small(seeds, p.min_seed_size).astype(np.int32)
         n = int(seeds.max())
+    landscape = -seed_map
     if n and diameter and p.split_touching:
-        seeds, dist_landscape = split_by_distance(seeds, diameter)
-        landscape = dist_landscape if distance is None else landscape
+        seeds, transform_landscape = split_by_distance(seeds, diameter)
+        if distance is None:
+            landscape = transform_landscape
         n = int(seeds.max())
     # Foreground blobs that contain no seed still count as one object each.
     blobs, n_blobs = ndi.label(foreground)
