@@ -491,14 +491,12 @@ class WeightAverage:
 
 def _copy_net(net: UNet, distance: bool) -> UNet:
     """A copy of ``net``; with ``distance`` and none in ``net``, a fresh distance output is added."""
-    config = replace(net.config, distance=distance)
-    out = UNet(config)
+    out = UNet(replace(net.config, distance=distance))
     state = net.state_dict()
-    if config.distance and not net.config.distance:
-        head = out.state_dict()
-        for key in ("head.weight", "head.bias"):
-            head[key][: net.config.n_classes] = state[key]
-            state[key] = head[key]
+    if distance and not net.config.distance:  # the class rows of the head are copied, the distance row is new
+        fresh = out.state_dict()
+        state.update({key: torch.cat([state[key], fresh[key][net.config.n_classes:]])
+                      for key in ("head.weight", "head.bias")})
     out.load_state_dict(state)
     return out
 
