@@ -141,3 +141,12 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
     cfg = meta["train_config"]
     assert cfg["contact_weight"] == 0 and cfg["augment"]["halo_prob"] == 0 and cfg["augment"]["field_prob"] == 0
     assert cfg["augment"]["texture_prob"] == 0
+    assert "val_scores_tuned_thresholds" in meta
+    # loader workers, and no threshold search: the start model's thresholds are kept
+    code = main(["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "w.pt"), "--init", "nuclei-fluo-2d", "--minutes", "0.05",
+                 "--batch-size", "2", "--crop", "64", "--workers", "1", "--no-tune"])
+    assert code == 0
+    meta = load_model(tmp_path / "w.pt").meta
+    assert meta["train_config"]["workers"] == 1 and "val_scores_tuned_thresholds" not in meta
+    assert meta["instance_params"] == load_model("nuclei-fluo-2d").meta["instance_params"]

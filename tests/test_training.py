@@ -7,8 +7,8 @@ from napari_cellunet.arrays import to_grey
 from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.inference import drive, iter_predict
 from napari_cellunet.models import load_model
-from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, brightness_field,
-                                      add_halos, add_speckles, add_texture, contact_weights, distance_target,
+from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, batch_stream,
+                                      brightness_field, add_halos, add_speckles, add_texture, contact_weights, distance_target,
                                       iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
                                       sampling_weights, tune_thresholds, WeightAverage)
@@ -120,6 +120,29 @@ def test_training_is_reproducible(tmp_path):
                       augment=AugmentConfig(crop=64), seed=7)
     a = drive(iter_train(pairs, [], tmp_path / "a.pt", cfg))
     b = drive(iter_train(pairs, [], tmp_path / "b.pt", cfg))
+    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        assert np.allclose(va.numpy(), vb.numpy(), atol=1e-5), k
+
+
+def test_loader_workers_give_the_same_batches_however_many_and_from_any_step(tmp_path):
+    samples = [make_sample(*disc_image(seed=i), diameter=16.0) for i in range(3)]
+    cfg = TrainConfig(batch_size=2, max_steps=10, workers=1, seed=5, augment=AugmentConfig(crop=32))
+
+    def first(n, workers, start=0):
+        stream = batch_stream(samples, replace(cfg, workers=workers), None, None, True, start)
+        out = [next(stream) for _ in range(n)]
+        stream.close()
+        return out
+
+    one, two, later = first(3, 1), first(3, 2), first(1, 2, start=2)
+    for a, b in zip(one + one[2:], two + later):
+        assert all(np.array_equal(u.numpy(), v.numpy()) for u, v in zip(a, b))
+    assert not np.array_equal(one[0][0].numpy(), one[1][0].numpy())  # each step its own batch
+    pairs = [disc_image(seed=i) for i in range(2)]
+    train = replace(cfg, depth=2, base_channels=4, max_steps=2, minutes=5, precision="fp32",
+                    augment=AugmentConfig(crop=64))
+    a = drive(iter_train(pairs, [], tmp_path / "a.pt", train))
+    b = drive(iter_train(pairs, [], tmp_path / "b.pt", replace(train, workers=2)))
     for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
         assert np.allclose(va.numpy(), vb.numpy(), atol=1e-5), k
 

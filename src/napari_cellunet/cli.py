@@ -136,6 +136,7 @@ def cmd_train(args) -> int:
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
                       contact_weight=args.contact_weight, contact_band=args.contact_band, ema=args.ema,
                       dense_sampling=args.dense_sampling, distance=args.distance,
+                      workers=args.workers, tune=not args.no_tune,
                       invert=True if args.invert else None,
                       augment=AugmentConfig(crop=args.crop, invert_prob=args.invert_prob, **augment))
     out = Path(args.out) if args.out else None
@@ -275,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt (written at each validation)")
     t.add_argument("--device", default="auto")
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes preparing batches ahead (for a GPU; 0 = in the training loop)")
+    t.add_argument("--no-tune", action="store_true",
+                   help="keep the start model's thresholds (skip the grid search on val at the end)")
     t.add_argument("--description", default="")
     t.add_argument("--data-note", default="")
     t.add_argument("--license", default="")

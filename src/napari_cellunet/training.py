@@ -356,6 +356,40 @@ def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
             torch.from_numpy(np.stack(ds)) if distance else None)
 
 
+class _BatchDataset(torch.utils.data.Dataset):
+    """Batch number -> :func:`make_batch` with a generator seeded by (seed, number), for loader workers."""
+
+    def __init__(self, samples, cfg: TrainConfig, weights: np.ndarray | None, distance: bool):
+        self.samples, self.cfg, self.weights, self.distance = samples, cfg, weights, distance
+
+    def __len__(self) -> int:
+        return self.cfg.max_steps
+
+    def __getitem__(self, step: int):
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, step])
+        return make_batch(self.samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
+                          cfg.contact_band, self.weights, self.distance)
+
+
+def batch_stream(samples: Sequence[Sample], cfg: TrainConfig, rng: np.random.Generator,
+                 weights: np.ndarray | None, distance: bool, start: int, pin: bool = False):
+    """Endless training batches from step ``start`` on.
+
+    With ``cfg.workers`` = 0 they are drawn in this process from ``rng``; with
+    more, loader worker processes prepare them ahead (batch ``n`` depends only on
+    ``cfg.seed`` and ``n``, however many workers), which keeps a GPU busy.
+    """
+    if cfg.workers <= 0:
+        while True:
+            yield make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
+                             cfg.contact_band, weights, distance)
+    loader = torch.utils.data.DataLoader(
+        _BatchDataset(samples, cfg, weights, distance), batch_size=None, num_workers=cfg.workers,
+        sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4)
+    yield from loader
+
+
 # --------------------------------------------------------------------------- loss
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor,
             pixel_weights: torch.Tensor | None = None, distance: torch.Tensor | None = None) -> torch.Tensor:
@@ -407,6 +441,8 @@ class TrainConfig:
     invert: bool | None = None        # dark objects on light background; None = as the init model (else no)
     precision: str = "auto"           # bf16 autocast where supported
     device: str = "auto"
+    workers: int = 0                  # loader processes preparing batches ahead (0 = in the training loop)
+    tune: bool = True                 # grid-search post-processing thresholds on val at the end
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -592,14 +628,14 @@ def iter_train(
         t0 -= float(ck["elapsed"])
         yield Progress(0, 1, f"resumed at step {step}")
     average = WeightAverage(net, cfg.ema, ema_state) if cfg.ema > 0 else None
+    batches = batch_stream(samples, cfg, rng, draw, net.config.distance, step, pin=device.type == "cuda")
     while step < cfg.max_steps and time.monotonic() - t0 < budget:
         frac = min(1.0, (time.monotonic() - t0) / budget)
         for g in opt.param_groups:  # cosine decay over the time budget, short warm-up
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x, y, w, dt = make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
-                                 cfg.contact_band, draw, net.config.distance)
-        x, y, w = x.to(device), y.to(device), w.to(device)
-        dt = dt.to(device) if dt is not None else None
+        x, y, w, dt = next(batches)
+        x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+        dt = dt.to(device, non_blocking=True) if dt is not None else None
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
         with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
@@ -638,6 +674,7 @@ def iter_train(
             yield TrainState(step, running, scores["ap50"], best_ap)
         else:
             yield TrainState(step, running, None, best_ap if best_ap >= 0 else None)
+    batches.close()  # stops loader workers
 
     if best_state is not None:
         net.load_state_dict(best_state)
@@ -647,7 +684,7 @@ def iter_train(
     model.meta["history"] = history
     model.meta["steps"] = step
     model.meta["train_minutes"] = round((time.monotonic() - t0) / 60, 2)
-    if val_pairs:
+    if val_pairs and cfg.tune:
         yield Progress(0, 1, "tuning thresholds on validation images")
         scores, cached = yield from _val_scores(model, val_pairs, opts,
                                                 model.instance_params)
