@@ -63,7 +63,7 @@ def main() -> None:
     t = time_it(lambda: segment(model, image[None], opts), args.repeats)
     seg = segment(model, image[None], opts)
     rows.append((f"end to end (auto diameter -> {seg.diameter:.1f}px, {seg.counts[0]} objects)", t, mp / t))
-    print(f"| setting | seconds | MP/s |\n|---|---:|---:|")
+    print("| setting | seconds | MP/s |\n|---|---:|---:|")
     for name, t, r in rows:
         print(f"| {name} | {t:.2f} | {r:.2f} |")
 

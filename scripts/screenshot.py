@@ -20,7 +20,8 @@ import napari
 from qtpy.QtWidgets import QApplication
 
 from napari_cellunet._sample_data import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
-from napari_cellunet._widget import CountWidget, SegmentWidget
+from napari_cellunet._count_widget import CountWidget
+from napari_cellunet._widget import SegmentWidget
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIZE = (1600, 1000)

@@ -7,7 +7,7 @@ import tifffile
 from napari_cellunet.inference import drive
 from napari_cellunet.instances import InstanceParams
 from napari_cellunet.metrics import iou_matrix
-from napari_cellunet.segment import PredictOptions, Segmentation, normalize_for_model
+from napari_cellunet.segment import Segmentation, normalize_for_model
 from napari_cellunet.stacks import (assemble, count_rows, default_mode, iter_segment_stack, measure_stack,
                                     volume_labels)
 from napari_cellunet.training import labels_to_targets

@@ -69,7 +69,7 @@ def test_tiny_training_run_saves_loadable_model(tmp_path):
     cfg = TrainConfig(depth=2, base_channels=4, batch_size=2, max_steps=4, val_every=2, minutes=5,
                       augment=AugmentConfig(crop=64), seed=3)
     states = []
-    model = drive(iter_train(pairs[:3], pairs[3:], tmp_path / "tiny.pt", cfg), states.append)
+    drive(iter_train(pairs[:3], pairs[3:], tmp_path / "tiny.pt", cfg), states.append)
     vals = [s for s in states if isinstance(s, TrainState) and s.val_ap50 is not None]
     assert [s.step for s in vals] == [2, 4]
     loaded = load_model(tmp_path / "tiny.pt")
@@ -184,7 +184,7 @@ def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):
     mask = tifffile.imread(DATA / "mask3d.tif")
     cfg = TrainConfig(dims=3, depth=2, base_channels=4, batch_size=1, max_steps=2, minutes=5, diameter=None,
                       augment=AugmentConfig(crop=(16, 32, 32)))
-    model = drive(iter_train([(vol, mask)], [(vol, mask)], tmp_path / "m3d.pt", cfg))
+    drive(iter_train([(vol, mask)], [(vol, mask)], tmp_path / "m3d.pt", cfg))
     loaded = load_model(tmp_path / "m3d.pt")
     assert loaded.config.dims == 3 and loaded.meta["axes"] == "ZYX"
     res = drive(iter_segment_stack(loaded, vol, "ZYX", "3d"))

@@ -268,7 +268,7 @@ def test_user_layer_is_not_overwritten(viewer, qtbot, sample, monkeypatch):
 
 # --------------------------------------------------------------------------- CountWidget
 def test_count_painted_labels_and_export(viewer, tmp_path):
-    from napari_cellunet._widget import CountWidget
+    from napari_cellunet._count_widget import CountWidget
 
     yy, xx = np.indices((100, 120))
     painted = np.zeros((100, 120), np.int32)
@@ -304,7 +304,7 @@ def test_count_painted_labels_and_export(viewer, tmp_path):
 def test_count_3d_labels(viewer):
     import tifffile
 
-    from napari_cellunet._widget import CountWidget
+    from napari_cellunet._count_widget import CountWidget
 
     mask = tifffile.imread(DATA / "mask3d.tif")
     layer = viewer.add_labels(mask, name="mask3d")

@@ -15,7 +15,7 @@ from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_info
 
-from ._widget import _Failure, _form, _layer_data, _LayerChoices, _text, _WorkerControls
+from ._widget_parts import Failure, LayerChoices, WorkerControls, layer_data, sub_form, wrapping_label
 from .arrays import InputError, as_slices
 from .inference import Progress
 from .models import (DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, notify_models_changed,
@@ -33,8 +33,8 @@ OBJECT_CONTRAST = {SAME_AS_START: None, "bright on dark (fluorescence)": False,
 
 def annotated_slices(image_layer: Image, labels_layer: Labels) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, labels) 2D pairs from two layers; slices without any label are skipped."""
-    slices = as_slices(_layer_data(image_layer), rgb=image_layer.rgb, name=image_layer.name)
-    labels = np.asarray(_layer_data(labels_layer))
+    slices = as_slices(layer_data(image_layer), rgb=image_layer.rgb, name=image_layer.name)
+    labels = np.asarray(layer_data(labels_layer))
     if labels.shape != slices.spatial_shape:
         raise InputError(f"labels {labels_layer.name!r} {labels.shape} do not match image "
                          f"{image_layer.name!r} {slices.spatial_shape}")
@@ -55,10 +55,10 @@ def _train_job(train, val, out_path, cfg: TrainConfig, init: CellModel, meta: di
     try:
         return (yield from iter_train(train, val, out_path, cfg, init=init, meta=meta))
     except Exception as err:  # shown as a message, never as a traceback
-        return _Failure(f"training failed: {str(err) or type(err).__name__}")
+        return Failure(f"training failed: {str(err) or type(err).__name__}")
 
 
-class TrainWidget(Container, _LayerChoices, _WorkerControls):
+class TrainWidget(Container, LayerChoices, WorkerControls):
     """Fine-tune a model on (image, Labels) layer pairs and save it in the user model folder."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -75,7 +75,7 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
         self._clear_btn = PushButton(text="Clear pairs")
         pair_buttons = Container(widgets=[self._add_btn, self._clear_btn], layout="horizontal", labels=False)
         pair_buttons.margins = (0, 0, 0, 0)
-        self.pairs_text = _text("no training pairs yet")
+        self.pairs_text = wrapping_label("no training pairs yet")
         self._init = ComboBox(label="start from", choices=lambda w: model_names(),
                               tooltip="model to fine-tune (its size and diameter are kept)")
         self._objects = ComboBox(label="objects", choices=list(OBJECT_CONTRAST), value=SAME_AS_START,
@@ -89,10 +89,10 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self._train_btn, self._cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.result = _text("–", big=True)
-        self.status = _text()
-        self.extend([_form(self._image, self._labels), pair_buttons, self.pairs_text,
-                     _form(self._init, self._objects, self._name, self._minutes, self._val_share), buttons,
+        self.result = wrapping_label("–", big=True)
+        self.status = wrapping_label()
+        self.extend([sub_form(self._image, self._labels), pair_buttons, self.pairs_text,
+                     sub_form(self._init, self._objects, self._name, self._minutes, self._val_share), buttons,
                      self.result, self.status])
         if DEFAULT_MODEL in self._init.choices:
             self._init.value = DEFAULT_MODEL
@@ -189,7 +189,7 @@ class TrainWidget(Container, _LayerChoices, _WorkerControls):
                 pbar.update(max(0, min(msg.done, pbar.total) - pbar.n))
 
     def _on_returned(self, result) -> None:
-        if isinstance(result, _Failure):
+        if isinstance(result, Failure):
             self._fail(result.message)
             return
         self.last_model = result

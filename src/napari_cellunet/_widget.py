@@ -1,4 +1,4 @@
-"""napari dock widgets: segment & count an image layer; count any Labels layer.
+"""napari dock widget: segment & count an image layer (2D, z-stacks, time-lapses).
 
 Built from magicgui widgets; Qt itself is only imported (through napari's
 ``thread_worker`` and the counts dock) when a run starts. Stacks (ZYX, TYX,
@@ -8,21 +8,18 @@ TZYX, with a channel axis or RGB) go through :mod:`napari_cellunet.stacks`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
-                              PushButton, SpinBox, Table)
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
 
-from .arrays import InputError, check_values, guess_axes, select_channel, to_grey
+from ._widget_parts import Failure, LayerChoices, WorkerControls, layer_data, sub_form, wrapping_label
+from .arrays import InputError, check_values, guess_axes, select_channel
 from .inference import Progress, available_devices
 from .instances import InstanceParams
-from .measure import count_objects, measure, write_csv
 from .models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from .segment import PredictOptions, default_min_size, labels_from_probabilities
 from ._counts_dock import counts_frame
@@ -32,38 +29,8 @@ from .stacks import (MODES, StackResult, assemble, check_axes, count_rows, defau
 if TYPE_CHECKING:
     import napari
 
-MAX_TABLE_ROWS = 1000  # rows shown in the CountWidget table (the CSV has all of them)
-
 
 # --------------------------------------------------------------------------- helpers
-def _layer_data(layer) -> Any:
-    """Full-resolution data of a (possibly multiscale) layer."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def _form(*widgets) -> Container:
-    """A labelled sub-form (the outer container is unlabelled so results span its width)."""
-    form = Container(widgets=list(widgets), labels=True)
-    form.margins = (0, 0, 0, 0)
-    return form
-
-
-def _text(value: str = "", big: bool = False) -> Label:
-    """A full-width label whose long messages wrap instead of widening the dock."""
-    label = Label(value=value)
-    native = label.native
-    try:  # plain method calls on the Qt backend widget (no Qt import needed)
-        native.setWordWrap(True)
-        policy = native.sizePolicy()
-        policy.setHorizontalPolicy(type(policy.horizontalPolicy()).Expanding)
-        native.setSizePolicy(policy)
-        native.setStyleSheet("font-size: 16px; font-weight: bold; padding: 4px 0px;" if big
-                             else "qproperty-alignment: 'AlignLeft | AlignVCenter';")
-    except AttributeError:  # another magicgui backend
-        pass
-    return label
-
-
 def _noun(model_name: str) -> str:
     name = model_name.lower()
     return "nuclei" if "nucle" in name else "cells" if "cell" in name else "objects"
@@ -114,13 +81,6 @@ def _count_text(counts: list[int], noun: str, unit: str = "slice", volume: bool 
     return f"{sum(counts)} {noun} in {len(counts)} {unit}s ({per})"
 
 
-def _display(table: pd.DataFrame) -> dict:
-    """Table widget data: row header = label id, all-NaN columns hidden, floats rounded."""
-    shown = table.drop(columns="label").dropna(axis=1, how="all").round(2)
-    return {"data": shown.astype(object).values.tolist(), "index": table["label"].tolist(),
-            "columns": list(shown.columns)}
-
-
 def _centroids(table: pd.DataFrame, axes: str, mode: str) -> np.ndarray:
     """Object centroids in the labels' data coordinates (frame/slice indices for leading axes)."""
     unit = "ZYX" if mode == "3d" else "YX"
@@ -129,18 +89,13 @@ def _centroids(table: pd.DataFrame, axes: str, mode: str) -> np.ndarray:
     return table[cols].to_numpy(dtype=float).reshape(-1, len(cols))
 
 
-@dataclass
-class _Failure:
-    message: str
-
-
 def _segment_job(model: CellModel, data: np.ndarray, axes: str, mode: str, scale: tuple,
                  opts: PredictOptions, params: InstanceParams):
-    """Worker generator: yields progress, returns the StackResult (or a :class:`_Failure`)."""
+    """Worker generator: yields progress, returns the StackResult (or a :class:`Failure`)."""
     try:
         return (yield from iter_segment_stack(model, data, axes, mode, scale, opts, params))
     except Exception as err:  # shown as a message, never as a traceback
-        return _Failure(f"segmentation failed: {str(err) or type(err).__name__}")
+        return Failure(f"segmentation failed: {str(err) or type(err).__name__}")
 
 
 @dataclass
@@ -177,59 +132,8 @@ class _Job:
         return assemble(seg, self.axes, self.mode, self.data.shape[:-2], self.scale, images=self.data)
 
 
-class _LayerChoices:
-    """Keep the layer combos of a widget in sync with ``viewer.layers`` (add, remove, move, rename)."""
-
-    def _watch_layers(self, viewer: napari.viewer.Viewer) -> None:
-        ev = viewer.layers.events
-        for emitter in (ev.inserted, ev.removed, ev.moved, ev.reordered):
-            emitter.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
-
-    def _on_layers_changed(self, event=None) -> None:
-        kind, layer = getattr(event, "type", None), getattr(event, "value", None)
-        if kind == "inserted" and layer is not None:
-            layer.events.name.connect(self._on_layers_changed)
-        elif kind == "removed" and layer is not None:
-            layer.events.name.disconnect(self._on_layers_changed)
-        self.reset_choices()
-
-    def _layers(self, kind: type) -> list[tuple[str, Any]]:
-        return [(lyr.name, lyr) for lyr in self._viewer.layers if isinstance(lyr, kind)]
-
-
-class _Messages:
-    """Failure messages: in the widget's status line and as a napari notification (never a traceback)."""
-
-    def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
-
-
-class _WorkerControls(_Messages):
-    """Cancel and clean-up for widgets that run a worker.
-
-    Subclasses set ``status``, ``_start_btn``, ``_cancel_btn``, ``_worker`` and ``_pbar``.
-    """
-
-    def cancel(self, *_: Any) -> None:
-        """Stop the running worker at its next step; layers stay as they were."""
-        if self._worker is not None:
-            self._worker.quit()
-            self._cancel_btn.enabled = False
-            self.status.value = "cancelling…"
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self._start_btn.enabled, self._cancel_btn.enabled = True, False
-
-
 # --------------------------------------------------------------------------- segment
-class SegmentWidget(Container, _LayerChoices, _WorkerControls):
+class SegmentWidget(Container, LayerChoices, WorkerControls):
     """Segment an image layer with a UNet model, count the objects, add a Labels layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -293,9 +197,9 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self._run_btn, self._cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.result = _text("–", big=True)
-        self.status = _text()
-        self.extend([_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
+        self.result = wrapping_label("–", big=True)
+        self.status = wrapping_label()
+        self.extend([sub_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
                            self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
                            self._tile, self._device),
                      self._tta, self._merge_time, self._add_points, buttons, self.result, self.status])
@@ -375,7 +279,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         """The channel selector only applies when the axes have a C."""
         axes, layer = self._axes.value.strip().upper(), self._image.value
         ok = layer is not None and "C" in axes and len(axes) == layer.ndim
-        n = int(_layer_data(layer).shape[axes.index("C")]) if ok else 1
+        n = int(layer_data(layer).shape[axes.index("C")]) if ok else 1
         self._channel.max = max(n - 1, 0)
         self._channel.enabled = ok
 
@@ -403,7 +307,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
         """Capture what a run segments: channel picked, RGB converted, axes checked (InputError if not)."""
         name = layer.name
         axes = self._axes.value.strip().upper()
-        shape = tuple(_layer_data(layer).shape)
+        shape = tuple(layer_data(layer).shape)
         if len(axes) != layer.ndim:
             raise InputError(f"{name}: axes {axes!r} have {len(axes)} letters, the layer has {layer.ndim} "
                              f"dimensions {shape[:layer.ndim]}")
@@ -411,7 +315,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             raise InputError(f"{name}: unsupported axes {axes!r}: use T, Z, Q (stack), C (channel), Y, X, "
                              "each at most once, ending in YX")
         channel = int(self._channel.value) if "C" in axes else None
-        data, used, note = select_channel(_layer_data(layer), axes + ("S" if layer.rgb else ""), channel, name)
+        data, used, note = select_channel(layer_data(layer), axes + ("S" if layer.rgb else ""), channel, name)
         try:
             used = check_axes(used, data.shape)
         except ValueError as err:
@@ -469,7 +373,7 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             pbar.update(p.done - pbar.n)
 
     def _on_returned(self, job: _Job, result) -> None:
-        if isinstance(result, _Failure):
+        if isinstance(result, Failure):
             self._fail(result.message)
             return
         if job.layer not in self._viewer.layers:
@@ -591,90 +495,3 @@ class SegmentWidget(Container, _LayerChoices, _WorkerControls):
             if image is not None and src.unique_id == image.unique_id and lab in self._viewer.layers:
                 return lab
         return None
-
-
-# --------------------------------------------------------------------------- count
-class CountWidget(Container, _LayerChoices, _Messages):
-    """Count and measure the objects of any Labels layer (segmented or painted by hand)."""
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=False)
-        self._viewer = viewer
-        self.table: pd.DataFrame | None = None  # last measurement table (all rows)
-        self._labels = ComboBox(label="labels", choices=lambda w: self._layers(Labels))
-        self._intensity = ComboBox(label="intensity", nullable=True, choices=lambda w: self._layers(Image),
-                                   tooltip="optional image of the same shape, for mean intensity")
-        self._count_btn = PushButton(text="Count")
-        self.result = _text("–", big=True)
-        self._table = Table()
-        self._table.read_only = True
-        self._table.min_height, self._table.min_width = 300, 380
-        self._path = FileEdit(label="CSV file", mode="w", filter="*.csv", nullable=True)
-        self._export_btn = PushButton(text="Export CSV")
-        self.status = _text()
-        self.extend([_form(self._labels, self._intensity), self._count_btn, self.result, self._table,
-                     _form(self._path), self._export_btn, self.status])
-        self._count_btn.changed.connect(lambda: self.count())
-        self._export_btn.changed.connect(lambda: self.export())
-        self._labels.changed.connect(self._forget)
-        self._intensity.changed.connect(self._forget)
-        self._watch_layers(viewer)
-
-    def _forget(self, *_: Any) -> None:
-        """Another layer was chosen: the table shown no longer applies."""
-        self.table = None
-        self._table.value = None
-        self.result.value = "–"
-
-    def count(self) -> int | None:
-        """Count the selected Labels layer (2D or 3D objects) and show its measurement table."""
-        layer = self._labels.value
-        if layer is None:
-            self._fail("Choose a Labels layer first.")
-            return None
-        labels = np.asarray(_layer_data(layer))
-        if labels.ndim not in (2, 3):
-            self._fail(f"{layer.name}: counting works on 2D or 3D labels, got shape {labels.shape}")
-            return None
-        intensity, image = None, self._intensity.value
-        if image is not None:
-            intensity = np.asarray(_layer_data(image))
-            intensity = to_grey(intensity) if image.rgb else intensity
-            if intensity.shape != labels.shape:
-                self._fail(f"intensity layer {image.name!r} has shape {intensity.shape}, labels "
-                           f"{layer.name!r} have {labels.shape}; choose a matching image or None")
-                return None
-        try:
-            table = measure(labels, intensity, tuple(layer.scale)[-labels.ndim:])
-        except (ValueError, TypeError) as err:
-            self._fail(f"{layer.name}: cannot measure ({err})")
-            return None
-        n = count_objects(labels)
-        self.table = table
-        self._table.value = _display(table.head(MAX_TABLE_ROWS))
-        if hasattr(self._table.native, "resizeColumnsToContents"):
-            self._table.native.resizeColumnsToContents()
-        self.result.value = f"{n} objects" + (" (3D)" if labels.ndim == 3 else "")
-        more = f"; the table shows {MAX_TABLE_ROWS} rows, the CSV has all" if len(table) > MAX_TABLE_ROWS else ""
-        self.status.value = f"{layer.name}: {n} objects{more}"
-        return n
-
-    def export(self, path: str | Path | None = None) -> Path | None:
-        """Write the measurement table (counting first if needed) to ``path`` or the chosen file."""
-        path = path if path is not None else self._path.value
-        if not path or str(path) == ".":
-            self._fail("Choose a CSV file name first.")
-            return None
-        if self.table is None and self.count() is None:
-            return None
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_name(path.name + ".csv")
-        try:
-            out = write_csv(self.table, path)
-        except OSError as err:
-            self._fail(f"could not write {path}: {err}")
-            return None
-        self.status.value = f"wrote {len(self.table)} rows to {out}"
-        show_info(self.status.value)
-        return out

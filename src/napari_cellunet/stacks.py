@@ -19,7 +19,6 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .inference import Progress, resize_spatial
 from .instances import (DISTANCE, InstanceParams, drop_dim_objects, merge_flickers, probabilities_to_labels,
