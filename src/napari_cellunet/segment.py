@@ -27,6 +27,8 @@ ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this facto
 # ...unless the next finer scale finds more than 2x as many objects, or the one after more than 8x
 # (clumps of small nuclei: at 1/8 scale they can look like single textured nuclei, at 1/4 still partly)
 MERGE_RATIOS = (2.0, 8.0)
+FINER_AGREES = 2.0  # ...or the next finer scale measures a size off by more than this factor
+REFINE_BEYOND = 1.3  # a last pass at the implied scale only when the objects were off the trained size by more
 
 
 @dataclass
@@ -121,17 +123,38 @@ def _estimation_crops(x: np.ndarray, scale: float, size: int) -> np.ndarray:
     return x[(idx, slice(None), *[slice(a, a + c) for a, c in zip(start, crop)])]
 
 
+Measurement = tuple[float, float | None, int]  # (scale, estimated diameter in image px, objects found)
+
+
+def scale_accepted(i: int, measured: list[Measurement], trained: float) -> bool:
+    """Whether the size measured at ``measured[i]`` (scales coarsest first) can be trusted.
+
+    Its objects must have about the trained diameter at that scale, and the next
+    finer scales must not find far more objects (``MERGE_RATIOS``: its "objects"
+    were clumps of small nuclei) nor measure a size off by more than
+    ``FINER_AGREES`` (real objects measure the same at the next scale; texture or
+    clumps seen as objects at a coarse scale do not).
+    """
+    scale, est, n = measured[i]
+    if est is None or abs(math.log(est * scale / trained)) > math.log(ESTIMATION_TOLERANCE):
+        return False
+    finer = measured[i + 1:i + 1 + len(MERGE_RATIOS)]
+    if finer and finer[0][1] is not None and abs(math.log(finer[0][1] / est)) > math.log(FINER_AGREES):
+        return False
+    return all(n * r >= m[2] for r, m in zip(MERGE_RATIOS, finer))
+
+
 def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions,
                            params: InstanceParams) -> Generator[Progress, None, float | None]:
     """Typical object diameter (image pixels) of normalised ``(N, C, *spatial)`` slices.
 
     The network runs on a central crop at several scales, coarsest first. Objects
     much larger than the training size get fragmented (they look small) and much
-    smaller ones are missed or merged, so the *coarsest* scale at which the found
-    objects have about the trained diameter wins, unless the next finer scale
-    finds more than twice as many objects or the one after more than 8 times as
-    many (then they were clumps of merged small nuclei). A last pass at the
-    implied scale refines the estimate. Returns ``None`` when nothing is found.
+    smaller ones are missed or merged, so the *coarsest* scale whose measurement
+    :func:`scale_accepted` wins (else the scale whose objects came closest to the
+    trained size). Only when that scale saw the objects more than
+    ``REFINE_BEYOND`` off the trained size does a last pass at the implied scale
+    refine the estimate. Returns ``None`` when nothing is found.
     """
     trained = model.diameter
 
@@ -144,38 +167,33 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
         d = median_diameter(labels)
         return (None if d is None else d / scale), int(sum(int(lab.max()) for lab in labels))
 
-    def plausible(scale, est):
-        return est is not None and abs(math.log(est * scale / trained)) <= math.log(ESTIMATION_TOLERANCE)
+    def off_by(scale, est):  # log factor between the objects' size at ``scale`` and the trained size
+        return abs(math.log(est * scale / trained))
 
-    def accepted(i, measured):
-        """Scale ``i`` is plausible and the next finer scales do not find far more objects
-        (then its "objects" were clumps of merged small nuclei)."""
-        scale, est, n = measured[i]
-        finer = measured[i + 1:i + 1 + len(MERGE_RATIOS)]
-        return plausible(scale, est) and all(n * r >= m[2] for r, m in zip(MERGE_RATIOS, finer))
-
-    chosen, best, measured = None, None, []  # best = (error, diameter) over all scales
+    measured: list[Measurement] = []
+    chosen = None
     for scale in ESTIMATION_SCALES:
         est, n = yield from measure_at(scale)
-        if est is not None:
-            err = abs(math.log(est * scale / trained))
-            best = (err, est) if best is None or err < best[0] else best
         measured.append((scale, est, n))
         i = len(measured) - 1 - len(MERGE_RATIOS)
-        if i >= 0 and accepted(i, measured):
-            chosen = measured[i][1]
+        if i >= 0 and scale_accepted(i, measured, trained):
+            chosen = measured[i]
             break
     else:  # the finest scales, checked against the finer scales there are
         for i in range(max(0, len(measured) - len(MERGE_RATIOS)), len(measured)):
-            if accepted(i, measured):
-                chosen = measured[i][1]
+            if scale_accepted(i, measured, trained):
+                chosen = measured[i]
                 break
     if chosen is None:
-        if best is None:
+        found = [m for m in measured if m[1] is not None]
+        if not found:
             return None
-        chosen = best[1]
-    refined, _ = yield from measure_at(trained / chosen)
-    return refined or chosen
+        chosen = min(found, key=lambda m: off_by(m[0], m[1]))
+    scale, est, _ = chosen
+    if off_by(scale, est) <= math.log(REFINE_BEYOND):
+        return est
+    refined, _ = yield from measure_at(trained / est)
+    return refined or est
 
 
 def normalize_for_model(model: CellModel, images: np.ndarray, group: int = 1) -> np.ndarray:
