@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.gui
 
 WAIT_MS = 180_000
-TIMELAPSE_DIAMETER = 18  # px; "auto" mis-estimates this sample (see test_timelapse_counts_table)
+TIMELAPSE_DIAMETER = 18  # px, given so the test skips the size estimate ("auto" on this sample: test_stacks.py)
 
 
 @pytest.fixture
