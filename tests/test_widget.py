@@ -296,6 +296,8 @@ def test_count_painted_labels_and_export(viewer, tmp_path):
     assert out == tmp_path / "counts.csv"
     csv = pd.read_csv(out)
     assert len(csv) == 3 and list(csv["label"]) == [1, 2, 5]
+    (tmp_path / "a_file").write_text("")
+    assert w.export(tmp_path / "a_file" / "counts") is None and "could not write" in w.status.value
 
     w._intensity.value = viewer.add_image(np.zeros((10, 10)), name="small")
     assert w.count() is None and "shape" in w.status.value

@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Table
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
 
 from ._widget_parts import LayerChoices, Messages, layer_data, sub_form, wrapping_label
 from .arrays import to_grey
-from .measure import count_objects, measure, write_csv
+from .measure import count_objects, measure
 
 if TYPE_CHECKING:
     import napari
@@ -98,18 +97,7 @@ class CountWidget(Container, LayerChoices, Messages):
         """Write the measurement table (counting first if needed) to ``path`` or the chosen file."""
         path = path if path is not None else self._path.value
         if not path or str(path) == ".":
-            self._fail("Choose a CSV file name first.")
-            return None
+            return self._fail("Choose a CSV file name first.")
         if self.table is None and self.count() is None:
             return None
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_name(path.name + ".csv")
-        try:
-            out = write_csv(self.table, path)
-        except OSError as err:
-            self._fail(f"could not write {path}: {err}")
-            return None
-        self.status.value = f"wrote {len(self.table)} rows to {out}"
-        show_info(self.status.value)
-        return out
+        return self._write_table(self.table, path)

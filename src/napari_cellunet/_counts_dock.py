@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from magicgui.widgets import Container, FileEdit, Label, PushButton, Table
-from napari.utils.notifications import show_error, show_info
 
-from .measure import write_csv
+from ._widget_parts import Messages
 
 
 def counts_frame(rows: list[dict], measurements: pd.DataFrame) -> pd.DataFrame:
@@ -31,7 +30,7 @@ def counts_frame(rows: list[dict], measurements: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-class CountsDock(Container):
+class CountsDock(Container, Messages):
     """Table + plot of counts per frame (or slice) of one segmented image, with CSV export."""
 
     def __init__(self) -> None:
@@ -84,22 +83,6 @@ class CountsDock(Container):
     def export(self, path: str | Path | None = None) -> Path | None:
         """Write the counts table to ``path`` (or the chosen file); returns the path written."""
         path = path if path is not None else self._path.value
-        if not path or str(path) == ".":
-            return self._fail("Choose a CSV file name first.")
         if self.counts is None:
             return self._fail("Nothing to export yet.")
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            path = path.with_name(path.name + ".csv")
-        try:
-            out = write_csv(self.counts, path)
-        except OSError as err:
-            return self._fail(f"could not write {path}: {err}")
-        self.status.value = f"wrote {len(self.counts)} rows to {out}"
-        show_info(self.status.value)
-        return out
-
-    def _fail(self, message: str) -> None:
-        self.status.value = message
-        show_error(message)
-        return None
+        return self._write_table(self.counts, path)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from magicgui.widgets import Container, Label
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
+
+from .measure import write_csv
 
 if TYPE_CHECKING:
     import napari
@@ -68,11 +72,29 @@ class LayerChoices:
 
 
 class Messages:
-    """Failure messages: in the widget's status line and as a napari notification (never a traceback)."""
+    """Failure messages: in the widget's status line and as a napari notification (never a traceback).
+
+    Subclasses set ``status`` (a label).
+    """
 
     def _fail(self, message: str) -> None:
         self.status.value = message
         show_error(message)
+
+    def _write_table(self, table: pd.DataFrame, path: str | Path | None) -> Path | None:
+        """Write ``table`` as CSV to ``path`` (".csv" added if missing); the outcome goes to the status line."""
+        if not path or str(path) == ".":
+            return self._fail("Choose a CSV file name first.")
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            path = path.with_name(path.name + ".csv")
+        try:
+            out = write_csv(table, path)
+        except OSError as err:
+            return self._fail(f"could not write {path}: {err}")
+        self.status.value = f"wrote {len(table)} rows to {out}"
+        show_info(self.status.value)
+        return out
 
 
 class WorkerControls(Messages):
