@@ -126,6 +126,11 @@ def _estimation_crops(x: np.ndarray, scale: float, size: int) -> np.ndarray:
 Measurement = tuple[float, float | None, int]  # (scale, estimated diameter in image px, objects found)
 
 
+def _off_trained(scale: float, est: float, trained: float) -> float:
+    """Log factor between the objects' size as seen at ``scale`` and the trained size."""
+    return abs(math.log(est * scale / trained))
+
+
 def scale_accepted(i: int, measured: list[Measurement], trained: float) -> bool:
     """Whether the size measured at ``measured[i]`` (scales coarsest first) can be trusted.
 
@@ -136,7 +141,7 @@ def scale_accepted(i: int, measured: list[Measurement], trained: float) -> bool:
     clumps seen as objects at a coarse scale do not).
     """
     scale, est, n = measured[i]
-    if est is None or abs(math.log(est * scale / trained)) > math.log(ESTIMATION_TOLERANCE):
+    if est is None or _off_trained(scale, est, trained) > math.log(ESTIMATION_TOLERANCE):
         return False
     finer = measured[i + 1:i + 1 + len(MERGE_RATIOS)]
     if finer and finer[0][1] is not None and abs(math.log(finer[0][1] / est)) > math.log(FINER_AGREES):
@@ -167,9 +172,6 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
         d = median_diameter(labels)
         return (None if d is None else d / scale), int(sum(int(lab.max()) for lab in labels))
 
-    def off_by(scale, est):  # log factor between the objects' size at ``scale`` and the trained size
-        return abs(math.log(est * scale / trained))
-
     measured: list[Measurement] = []
     chosen = None
     for scale in ESTIMATION_SCALES:
@@ -188,9 +190,9 @@ def iter_estimate_diameter(model: CellModel, x: np.ndarray, opts: PredictOptions
         found = [m for m in measured if m[1] is not None]
         if not found:
             return None
-        chosen = min(found, key=lambda m: off_by(m[0], m[1]))
+        chosen = min(found, key=lambda m: _off_trained(m[0], m[1], trained))
     scale, est, _ = chosen
-    if off_by(scale, est) <= math.log(REFINE_BEYOND):
+    if _off_trained(scale, est, trained) <= math.log(REFINE_BEYOND):
         return est
     refined, _ = yield from measure_at(trained / est)
     return refined or est

@@ -357,19 +357,18 @@ def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
 
 
 class _BatchDataset(torch.utils.data.Dataset):
-    """Batch number -> :func:`make_batch` with a generator seeded by (seed, number), for loader workers."""
+    """Training batches of a config: ``draw(rng)``, or item ``n`` = the batch of step ``n`` (loader workers)."""
 
     def __init__(self, samples, cfg: TrainConfig, weights: np.ndarray | None, distance: bool):
         self.samples, self.cfg, self.weights, self.distance = samples, cfg, weights, distance
 
-    def __len__(self) -> int:
-        return self.cfg.max_steps
-
-    def __getitem__(self, step: int):
+    def draw(self, rng: np.random.Generator):
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, step])
         return make_batch(self.samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
                           cfg.contact_band, self.weights, self.distance)
+
+    def __getitem__(self, step: int):
+        return self.draw(np.random.default_rng([self.cfg.seed, step]))
 
 
 def batch_stream(samples: Sequence[Sample], cfg: TrainConfig, rng: np.random.Generator,
@@ -380,13 +379,12 @@ def batch_stream(samples: Sequence[Sample], cfg: TrainConfig, rng: np.random.Gen
     more, loader worker processes prepare them ahead (batch ``n`` depends only on
     ``cfg.seed`` and ``n``, however many workers), which keeps a GPU busy.
     """
+    batches = _BatchDataset(samples, cfg, weights, distance)
     if cfg.workers <= 0:
         while True:
-            yield make_batch(samples, cfg.batch_size, cfg.augment, rng, cfg.contact_weight,
-                             cfg.contact_band, weights, distance)
-    loader = torch.utils.data.DataLoader(
-        _BatchDataset(samples, cfg, weights, distance), batch_size=None, num_workers=cfg.workers,
-        sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4)
+            yield batches.draw(rng)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers,
+                                         sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4)
     yield from loader
 
 
