@@ -147,6 +147,6 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
                  "--out", str(tmp_path / "w.pt"), "--init", "nuclei-fluo-2d", "--minutes", "0.05",
                  "--batch-size", "2", "--crop", "64", "--workers", "1", "--no-tune"])
     assert code == 0
-    meta = load_model(tmp_path / "w.pt").meta
-    assert meta["train_config"]["workers"] == 1 and "val_scores_tuned_thresholds" not in meta
-    assert meta["instance_params"] == load_model("nuclei-fluo-2d").meta["instance_params"]
+    trained = load_model(tmp_path / "w.pt")
+    assert trained.meta["train_config"]["workers"] == 1 and "val_scores_tuned_thresholds" not in trained.meta
+    assert trained.instance_params == load_model("nuclei-fluo-2d").instance_params

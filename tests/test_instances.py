@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_cellunet.instances import (BOUNDARY, INTERIOR, InstanceParams, connected_components, drop_unconfident,
-                                      merge_flickers, merge_fragments, probabilities_to_labels, remove_small)
+                                      join_weak_borders, merge_flickers, merge_fragments, probabilities_to_labels,
+                                      remove_small)
 from napari_cellunet.training import labels_to_targets
 
 from conftest import disc_image
@@ -168,7 +169,7 @@ def test_drop_unconfident_keeps_sure_and_fairly_sure_edge_objects():
     assert probabilities_to_labels(p, InstanceParams(min_size=5, seed_threshold=0.5, min_confidence=0.9)).max() == 2
 
 
-def test_merge_flickers_rejoins_one_frame_splits_but_not_divisions():
+def test_merge_flickers_rejoins_short_splits_but_not_divisions():
     whole = np.zeros((30, 40), np.int32)
     whole[5:25, 5:35] = 1
     split = whole.copy()
@@ -180,7 +181,65 @@ def test_merge_flickers_rejoins_one_frame_splits_but_not_divisions():
     assert (out[1] > 0).sum() == (split > 0).sum()                  # same pixels, one id
     division = np.stack([whole, split, split, np.roll(split, 1, axis=0)])
     assert [int(f.max()) for f in merge_flickers(division)] == [1, 2, 2, 2]   # daughters stay apart
+    two_frames = np.stack([whole, split, split, moved, moved])
+    assert [int(f.max()) for f in merge_flickers(two_frames)] == [1, 1, 1, 1, 1]
+    assert [int(f.max()) for f in merge_flickers(two_frames, max_frames=1)] == [1, 2, 2, 1, 1]
+    lasting = np.stack([whole, split, split, split, split, whole])
+    assert [int(f.max()) for f in merge_flickers(lasting)] == [1, 2, 2, 2, 2, 1]  # four frames: kept apart
     edge = np.stack([split, whole, whole])
     assert int(merge_flickers(edge)[0].max()) == 2                  # first and last frames as they are
     alone = np.stack([np.zeros_like(whole), split, np.zeros_like(whole)])
     assert int(merge_flickers(alone)[1].max()) == 2                 # nothing there before/after: kept
+
+
+def _scene(middle: str):
+    """Three round nuclei and either one nucleus cut in two halves or two pressed-together nuclei.
+
+    Returns labels (the cut or contact gives ids 4 and 5) and an idealised distance output.
+    """
+    from scipy import ndimage as ndi
+
+    yy, xx = np.indices((64, 200))
+    labels = np.zeros((64, 200), np.int32)
+    for i, cx in enumerate((20, 150, 180), start=1):
+        labels[(yy - 32) ** 2 + (xx - cx) ** 2 <= 13**2] = i
+    if middle == "cut":
+        nucleus = ((yy - 32) / 12.0) ** 2 + ((xx - 88) / 20.0) ** 2 <= 1
+        labels[nucleus & (xx < 88)], labels[nucleus & (xx >= 88)] = 4, 5
+        objects = [labels > 0]  # the distance belongs to the whole nucleus
+    else:
+        labels[((yy - 32) ** 2 + (xx - 76) ** 2 <= 12**2) & (xx < 88)] = 4
+        labels[((yy - 32) ** 2 + (xx - 100) ** 2 <= 12**2) & (xx >= 88)] = 5
+        objects = [labels == i for i in range(1, 6)]
+    distance = np.zeros(labels.shape, np.float32)
+    for grouped in objects:
+        pieces, n = ndi.label(grouped)
+        for k in range(1, n + 1):
+            d = ndi.distance_transform_edt(pieces == k)
+            distance = np.maximum(distance, d / d.max())
+    return labels, distance
+
+
+def test_join_weak_borders_rejoins_a_cut_nucleus_but_not_pressed_nuclei():
+    no_boundary = np.zeros((64, 200), np.float32)
+    cut, distance = _scene("cut")
+    assert join_weak_borders(cut, no_boundary, distance, 0.7).max() == 4          # the halves are one again
+    assert join_weak_borders(cut, no_boundary, distance, 0).max() == 5            # 0 = off
+    ridge = no_boundary.copy()
+    ridge[:, 86:90] = 0.9                                                          # the network sees a boundary
+    assert join_weak_borders(cut, ridge, distance, 0.7).max() == 5
+    pressed, distance = _scene("pressed")                                          # distance dips to ~0 between
+    assert join_weak_borders(pressed, no_boundary, distance, 0.7).max() == 5
+    halves_only = np.where(cut > 3, cut - 3, 0)   # nothing else in the image: joined would be 2x the median object
+    assert join_weak_borders(halves_only, no_boundary, distance, 0.7).max() == 2
+
+
+def test_probabilities_to_labels_joins_a_nucleus_cut_by_its_distance_output():
+    cut, distance = _scene("cut")
+    fg = (cut > 0).astype(np.float32)
+    dip = np.abs(np.arange(200) - 88) < 3                                          # a nucleolus: the distance dips
+    distance[:, dip] *= 0.5                                                        # below the seed threshold
+    p = np.stack([1 - fg, fg, np.zeros_like(fg), distance])
+    params = InstanceParams(min_size=5, seed_threshold=0.6, merge_fragments=0)
+    assert probabilities_to_labels(p, replace(params, join_weak_borders=0), diameter=26).max() == 5
+    assert probabilities_to_labels(p, params, diameter=26).max() == 4

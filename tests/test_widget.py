@@ -133,10 +133,15 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     w._min_conf.value = 0.99  # unsure objects dropped: never more objects
     assert w.relabel_count == 5 and lab.metadata["min_confidence"] == pytest.approx(0.99)
     assert lab.metadata["counts"][0] <= n_merge_off
+    n_conf = lab.metadata["counts"][0]
+
+    w._join.value = 0.95  # join even borders the network half-sees as boundary: never more objects
+    assert w.relabel_count == 6 and lab.metadata["join_weak_borders"] == pytest.approx(0.95)
+    assert lab.metadata["counts"][0] <= n_conf
 
     w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
     w._prob.value = 0.3
-    assert w.relabel_count == 5
+    assert w.relabel_count == 6
 
 
 def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):

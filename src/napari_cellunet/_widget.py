@@ -177,6 +177,10 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         self._merge = FloatSpinBox(label="merge fragments", value=0.2, min=0.0, max=0.9, step=0.05,
                                    tooltip="merge pieces smaller than this share of a typical object into the "
                                            "object they touch (textured nuclei cut in pieces); 0 = off")
+        self._join = FloatSpinBox(label="join weak borders", value=0.7, min=0.0, max=0.95, step=0.05,
+                                  tooltip="join touching objects whose shared border the network scores below "
+                                          "this boundary probability (a nucleus cut in two; 2D, models with a "
+                                          "distance output); higher = more joining, 0 = off")
         self._min_conf = FloatSpinBox(label="min confidence", value=0.0, min=0.0, max=0.99, step=0.05,
                                       tooltip="drop objects whose interior probability never reaches this "
                                               "(unsure detections; objects at the image edge need only 0.5); "
@@ -185,9 +189,9 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
                              tooltip="network input tile; larger is faster but needs more memory")
         self._device = ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
         self._tta = CheckBox(text="test-time augmentation (flips, slower)", value=False)
-        self._merge_time = CheckBox(text="re-join one-frame splits (time-lapse)", value=True,
-                                    tooltip="frames mode: objects split in a single frame only, one object in "
-                                            "the frames before and after, are joined (segmentation flicker)")
+        self._merge_time = CheckBox(text="re-join short splits (time-lapse)", value=True,
+                                    tooltip="frames mode: objects split in one or two frames only, one object "
+                                            "in the frames before and after, are joined (segmentation flicker)")
         self._add_points = CheckBox(text="add centroid points", value=False,
                                     tooltip="a Points layer at the object centroids, to check counts by eye")
         for w in (self._diameter, self._min_size):  # 0 reads "auto" (Qt backend)
@@ -200,15 +204,15 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         self.result = wrapping_label("–", big=True)
         self.status = wrapping_label()
         self.extend([sub_form(self._image, self._axes, self._mode, self._channel, self._model, self._diameter,
-                           self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
-                           self._tile, self._device),
+                           self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._join,
+                           self._min_conf, self._tile, self._device),
                      self._tta, self._merge_time, self._add_points, buttons, self.result, self.status])
 
         if DEFAULT_MODEL in self._model.choices:
             self._model.value = DEFAULT_MODEL
         self._model.changed.connect(self._on_model_changed)
-        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._min_conf,
-                  self._merge_time):
+        for w in (self._prob, self._seed, self._min_size, self._min_bright, self._merge, self._join,
+                  self._min_conf, self._merge_time):
             w.changed.connect(self._on_params_changed)
         self._image.changed.connect(self._on_image_changed)
         self._axes.changed.connect(self._on_axes_changed)
@@ -258,6 +262,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
             self._min_size.value = p.min_size
             self._min_bright.value = p.min_brightness
             self._merge.value = p.merge_fragments
+            self._join.value = p.join_weak_borders
             self._min_conf.value = p.min_confidence
             self._merge_time.value = p.merge_over_time
         finally:
@@ -289,6 +294,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
                               min_size=int(self._min_size.value), min_seed_size=self._min_seed_size,
                               min_brightness=float(self._min_bright.value),
                               merge_fragments=float(self._merge.value),
+                              join_weak_borders=float(self._join.value),
                               min_confidence=float(self._min_conf.value),
                               merge_over_time=bool(self._merge_time.value))
 
@@ -420,6 +426,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
             "seed_threshold": params.seed_threshold, "min_seed_size": params.min_seed_size,
             "min_size": params.min_size if params.min_size > 0 else default_min_size(diameter, dims),
             "min_brightness": params.min_brightness, "merge_fragments": params.merge_fragments,
+            "join_weak_borders": params.join_weak_borders,
             "min_confidence": params.min_confidence, "merge_over_time": params.merge_over_time,
             "tile": job.key[3], "tta": job.key[4], "counts": counts, "count_axis": result.count_axis,
             "note": job.note,

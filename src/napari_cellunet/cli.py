@@ -82,7 +82,8 @@ def cmd_segment(args) -> int:
             inputs, Path(args.output), model=args.model, diameter=args.diameter, device=args.device,
             tile=args.tile, tta=args.tta, prob_threshold=args.prob_threshold,
             seed_threshold=args.seed_threshold, min_size=args.min_size, min_brightness=args.min_brightness,
-            merge_fragments=args.merge_fragments, min_confidence=args.min_confidence,
+            merge_fragments=args.merge_fragments, join_weak_borders=args.join_weak_borders,
+            min_confidence=args.min_confidence,
             merge_over_time=False if args.no_merge_over_time else None, axes=args.axes,
             mode=args.mode, channel=args.channel, progress=progress,
             log=None if args.quiet else _log)
@@ -216,12 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge-fragments", type=float, default=None,
                    help="merge objects smaller than this share of a typical object into the neighbour they "
                         "touch most (default 0.2; 0 = off)")
+    s.add_argument("--join-weak-borders", type=float, default=None,
+                   help="2D, models with a distance output: join touching objects whose shared border has a mean boundary probability below "
+                        "this (a nucleus cut in two; default 0.7, higher = more joining; 0 = off)")
     s.add_argument("--min-confidence", type=float, default=None,
                    help="drop objects whose interior probability never reaches this; objects at the image "
                         "edge need only 0.5 (default: the model's, 0.9 for nuclei-fluo-2d; 0 = off)")
     s.add_argument("--no-merge-over-time", action="store_true",
-                   help="frames mode: keep objects split in one frame only apart (by default they are re-joined "
-                        "when the frames before and after have one object there)")
+                   help="frames mode: keep objects split in one or two frames only apart (by default they are "
+                        "re-joined when the frames before and after have one object there)")
     s.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, TZYX, CZYX (default: from file metadata)")
     s.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"],

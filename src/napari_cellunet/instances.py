@@ -8,7 +8,9 @@ are split at peaks of their distance transform. Seeds are grown back over the fo
 cells stay apart. Pieces much smaller than a typical object that touch a larger
 one (a textured nucleus cut at its nucleoli) are merged into it. Models with a
 distance output (distance to the object border, 1 at its centre) take their
-seeds and watershed landscape from it instead. Works for 2D and 3D arrays alike.
+seeds and watershed landscape from it instead, and in 2D their touching objects
+are joined where the network sees no boundary between them
+(:func:`join_weak_borders`). Works for 2D and 3D arrays alike.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class InstanceParams:
     min_brightness: float = 0.0   # drop objects dimmer than this share of the image's bright objects (0 = off)
     merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
     min_confidence: float = 0.0   # drop objects whose interior probability never reaches this (0 = off)
-    merge_over_time: bool = True  # time-lapses: re-join an object split in one frame only (see merge_flickers)
+    merge_over_time: bool = True  # time-lapses: re-join an object split in one or two frames only (merge_flickers)
+    join_weak_borders: float = 0.7  # 2D, distance models: join touching objects whose border's mean
+    #                                 boundary probability is below this (0 = off; see join_weak_borders)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +126,88 @@ def merge_fragments(labels: np.ndarray, max_size: float) -> np.ndarray:
     return out.astype(_label_dtype(int(out.max())), copy=False)
 
 
+JOIN_MIN_SADDLE = 0.3  # join only where the seed map stays this share of the lower peak across the border
+JOIN_MAX_GROWTH = 1.5  # ...and the joined object is at most this many times the image's median object
+
+
+def touching_pairs(labels: np.ndarray, boundary: np.ndarray,
+                   height: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of touching objects, as ``(pairs (K, 2), saddle (K,), mean boundary (K,))``.
+
+    Over the pixel pairs across their shared border: ``saddle`` is the highest
+    ``height`` reached on both sides (how high it stays between the two),
+    ``mean boundary`` the mean of ``boundary`` (the larger of the two sides).
+    """
+    n = int(labels.max())
+    keys, saddles, borders = [], [], []
+    for ax in range(labels.ndim):
+        lo = tuple(slice(None, -1) if i == ax else slice(None) for i in range(labels.ndim))
+        hi = tuple(slice(1, None) if i == ax else slice(None) for i in range(labels.ndim))
+        a, b = labels[lo], labels[hi]
+        across = (a != b) & (a > 0) & (b > 0)
+        if not across.any():
+            continue
+        x, y = a[across].astype(np.int64), b[across].astype(np.int64)
+        keys.append(np.minimum(x, y) * (n + 1) + np.maximum(x, y))
+        saddles.append(np.minimum(height[lo][across], height[hi][across]))
+        borders.append(np.maximum(boundary[lo][across], boundary[hi][across]))
+    if not keys:
+        return np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0)
+    pair_keys, index, length = np.unique(np.concatenate(keys), return_inverse=True, return_counts=True)
+    saddle = np.full(len(pair_keys), -np.inf)
+    np.maximum.at(saddle, index, np.concatenate(saddles))
+    mean_boundary = np.bincount(index, weights=np.concatenate(borders)) / length
+    return np.stack([pair_keys // (n + 1), pair_keys % (n + 1)], axis=1), saddle, mean_boundary
+
+
+def join_weak_borders(labels: np.ndarray, boundary: np.ndarray, distance: np.ndarray,
+                      max_boundary: float) -> np.ndarray:
+    """Join touching objects that the network does not separate by a boundary.
+
+    Two objects are joined when the mean ``boundary`` probability along their
+    shared border is below ``max_boundary`` and the predicted ``distance`` (to
+    the object border) stays above ``JOIN_MIN_SADDLE`` of the lower of their
+    peaks across it: a textured nucleus cut at its nucleoli, not two nuclei
+    pressed together (their contact is predicted as boundary and the distance
+    dips to ~0 there). Weakest borders are joined first, and no joined object
+    may exceed ``JOIN_MAX_GROWTH`` times the image's median object, so a dense
+    clump never collapses into one. Relabels 1..N.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    if max_boundary <= 0 or n < 2:
+        return labels
+    pairs, saddle, mean_boundary = touching_pairs(labels, boundary, distance)
+    weak = mean_boundary < max_boundary
+    if not weak.any():
+        return labels
+    peak = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(peak, labels.ravel(), np.asarray(distance, dtype=np.float32).ravel())
+    weak &= saddle >= JOIN_MIN_SADDLE * np.minimum(peak[pairs[:, 0]], peak[pairs[:, 1]])
+    if not weak.any():
+        return labels
+    size = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+    limit = JOIN_MAX_GROWTH * float(np.median(size[1:][size[1:] > 0]))
+    parent = np.arange(n + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for k in np.flatnonzero(weak)[np.argsort(mean_boundary[weak], kind="stable")]:
+        a, b = root(pairs[k, 0]), root(pairs[k, 1])
+        if a != b and size[a] + size[b] <= limit:
+            parent[a] = b
+            size[b] += size[a]
+    mapping = np.array([root(i) for i in range(n + 1)])
+    if (mapping == np.arange(n + 1)).all():
+        return labels
+    out, _, _ = relabel_sequential(mapping[labels])
+    return out.astype(labels.dtype, copy=False)
+
+
 EDGE_CONFIDENCE = 0.5  # objects cut by the array border need only this much (or min_confidence if lower)
 
 
@@ -163,15 +249,19 @@ def _mostly_inside(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     return out
 
 
-def merge_flickers(frames: np.ndarray) -> np.ndarray:
-    """Re-join objects that are split in one frame of a time-lapse only.
+FLICKER_FRAMES = 2  # merge_flickers: a split lasting up to this many frames is undone
 
-    Objects of frame ``t`` that lie mostly inside one and the same object of
-    frame ``t-1`` *and* of frame ``t+1`` become one object: a split that lasts a
-    single frame is a segmentation flicker (a textured nucleus cut at its
-    nucleoli), not a division, whose daughters stay apart in the next frame.
-    Compares against the frames as given (no cascading); the first and last
-    frames are unchanged. ``frames`` is ``(T, *spatial)``; relabels each frame 1..N.
+
+def merge_flickers(frames: np.ndarray, max_frames: int = FLICKER_FRAMES) -> np.ndarray:
+    """Re-join objects that are split in one or a few frames of a time-lapse only.
+
+    Objects of frame ``t`` that lie mostly inside one and the same object of a
+    frame shortly before (``t-1`` … ``t-max_frames``) *and* of one shortly after
+    become one object: a split that lasts a frame or two is a segmentation
+    flicker (a textured nucleus cut at its nucleoli), not a division, whose
+    daughters stay apart in the frames after. Compares against the frames as
+    given (no cascading); the first and last frames are unchanged. ``frames`` is
+    ``(T, *spatial)``; relabels each frame 1..N.
     """
     frames = np.asarray(frames)
     out = frames.copy()
@@ -180,15 +270,21 @@ def merge_flickers(frames: np.ndarray) -> np.ndarray:
         n = int(lab.max())
         if n < 2:
             continue
-        before, after = _mostly_inside(lab, frames[t - 1]), _mostly_inside(lab, frames[t + 1])
-        key = np.where((before > 0) & (after > 0), before * (int(frames[t + 1].max()) + 1) + after, -1)
-        key[0] = -1
-        ids = np.flatnonzero(key >= 0)
-        if len(ids) < 2:
-            continue
-        _, lowest, group = np.unique(key[ids], return_index=True, return_inverse=True)
         mapping = np.arange(n + 1)
-        mapping[ids] = ids[lowest[group]]  # each group takes its lowest id
+        for b in range(max(0, t - max_frames), t):
+            before = _mostly_inside(lab, frames[b])
+            for a in range(t + 1, min(len(frames), t + 1 + max_frames)):
+                after = _mostly_inside(lab, frames[a])
+                key = np.where((before > 0) & (after > 0), before * (int(frames[a].max()) + 1) + after, -1)
+                key[0] = -1
+                ids = np.flatnonzero(key >= 0)
+                if len(ids) < 2:
+                    continue
+                _, first, group = np.unique(key[ids], return_index=True, return_inverse=True)
+                for i, j in zip(ids, ids[first[group]]):  # join each object to its group's first
+                    ri, rj = mapping[i], mapping[j]
+                    if ri != rj:
+                        mapping[mapping == max(ri, rj)] = min(ri, rj)
         if (mapping != np.arange(n + 1)).any():
             relabelled, _, _ = relabel_sequential(mapping[lab])
             out[t] = relabelled
@@ -269,7 +365,10 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
         share = p.merge_fragments ** (interior.ndim / 2)
         labels = merge_fragments(labels, share * typical_size(diameter, interior.ndim))
     labels = drop_unconfident(labels, interior, p.min_confidence)
-    return remove_small(labels, p.min_size)
+    labels = remove_small(labels, p.min_size)
+    if distance is not None and interior.ndim == 2:  # (3D: a 2D model's boundary is per slice, not across z)
+        labels = join_weak_borders(labels, probs[BOUNDARY], distance, p.join_weak_borders)
+    return labels
 
 
 def drop_dim_objects(labels: np.ndarray, image: np.ndarray, min_brightness: float) -> np.ndarray:
