@@ -177,7 +177,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         self._merge = FloatSpinBox(label="merge fragments", value=0.2, min=0.0, max=0.9, step=0.05,
                                    tooltip="merge pieces smaller than this share of a typical object into the "
                                            "object they touch (textured nuclei cut in pieces); 0 = off")
-        self._join = FloatSpinBox(label="join weak borders", value=0.7, min=0.0, max=0.95, step=0.05,
+        self._join = FloatSpinBox(label="join weak borders", value=0.65, min=0.0, max=0.95, step=0.05,
                                   tooltip="join touching objects whose shared border the network scores below "
                                           "this boundary probability (a nucleus cut in two; 2D, models with a "
                                           "distance output); higher = more joining, 0 = off")

@@ -39,7 +39,7 @@ class InstanceParams:
     merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
     min_confidence: float = 0.0   # drop objects whose interior probability never reaches this (0 = off)
     merge_over_time: bool = True  # time-lapses: re-join an object split in one or two frames only (merge_flickers)
-    join_weak_borders: float = 0.7  # 2D, distance models: join touching objects whose border's mean
+    join_weak_borders: float = 0.65  # 2D, distance models: join touching objects whose border's mean
     #                                 boundary probability is below this (0 = off; see join_weak_borders)
 
     def to_dict(self) -> dict:
