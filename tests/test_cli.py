@@ -35,6 +35,9 @@ def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
     # --min-confidence 0 keeps the unsure objects the model default (0.9) drops
     assert main(["segment", str(src), "-o", str(tmp_path / "unsure"), "-q", "--min-confidence", "0"]) == 0
     assert len(pd.read_csv(tmp_path / "unsure" / "nuclei_measurements.csv")) > n
+    # --join-weak-borders 0 keeps apart the touching objects the default (0.65) joins
+    assert main(["segment", str(src), "-o", str(tmp_path / "apart"), "-q", "--join-weak-borders", "0"]) == 0
+    assert len(pd.read_csv(tmp_path / "apart" / "nuclei_measurements.csv")) > n
 
 
 def test_stack_and_rgb_inputs(tmp_path, sample):

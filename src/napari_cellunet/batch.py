@@ -96,8 +96,8 @@ def load_input(path: Path, axes: str | None = None, channel: int | None = None, 
 def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel | None = None,
                   diameter: float | str | None = "auto", device: str = "auto", tile: int = 256,
                   tta: bool = False, prob_threshold=None, seed_threshold=None, min_size=None,
-                  min_brightness=None, merge_fragments=None, join_weak_borders=None,
-                  min_confidence=None, merge_over_time: bool | None = None, axes: str | None = None, mode: str = "auto",
+                  min_brightness=None, merge_fragments=None, join_weak_borders=None, min_confidence=None,
+                  merge_over_time: bool | None = None, axes: str | None = None, mode: str = "auto",
                   channel: int | None = None,
                   progress: ProgressCallback | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
@@ -113,7 +113,8 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
     cm = model if isinstance(model, CellModel) else load_model(model or DEFAULT_MODEL)
     params = instance_params(cm, prob_threshold=prob_threshold, seed_threshold=seed_threshold, min_size=min_size,
                              min_brightness=min_brightness, merge_fragments=merge_fragments,
-                             join_weak_borders=join_weak_borders, min_confidence=min_confidence, merge_over_time=merge_over_time)
+                             join_weak_borders=join_weak_borders, min_confidence=min_confidence,
+                             merge_over_time=merge_over_time)
     opts = PredictOptions(diameter=diameter, tile=tile, device=device, tta=tta)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

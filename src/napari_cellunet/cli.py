@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge objects smaller than this share of a typical object into the neighbour they "
                         "touch most (default 0.2; 0 = off)")
     s.add_argument("--join-weak-borders", type=float, default=None,
-                   help="2D, models with a distance output: join touching objects whose shared border has a mean boundary probability below "
-                        "this (a nucleus cut in two; default 0.65, higher = more joining; 0 = off)")
+                   help="2D, models with a distance output: join touching objects whose shared border has a "
+                        "mean boundary probability below this (a nucleus cut in two; default 0.65, higher = "
+                        "more joining; 0 = off)")
     s.add_argument("--min-confidence", type=float, default=None,
                    help="drop objects whose interior probability never reaches this; objects at the image "
                         "edge need only 0.5 (default: the model's, 0.9 for nuclei-fluo-2d; 0 = off)")

@@ -39,8 +39,7 @@ class InstanceParams:
     merge_fragments: float = 0.2  # merge objects below this share of a typical area into a neighbour (0 = off)
     min_confidence: float = 0.0   # drop objects whose interior probability never reaches this (0 = off)
     merge_over_time: bool = True  # time-lapses: re-join an object split in one or two frames only (merge_flickers)
-    join_weak_borders: float = 0.65  # 2D, distance models: join touching objects whose border's mean
-    #                                 boundary probability is below this (0 = off; see join_weak_borders)
+    join_weak_borders: float = 0.65  # 2D, distance models: join touching objects with a weaker border (0 = off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,7 +125,7 @@ def merge_fragments(labels: np.ndarray, max_size: float) -> np.ndarray:
     return out.astype(_label_dtype(int(out.max())), copy=False)
 
 
-JOIN_MIN_SADDLE = 0.3  # join only where the seed map stays this share of the lower peak across the border
+JOIN_MIN_SADDLE = 0.3  # join only where the distance stays this share of the lower peak across the border
 JOIN_MAX_GROWTH = 1.5  # ...and the joined object is at most this many times the image's median object
 
 
