@@ -22,7 +22,7 @@ from .models import CellModel
 
 AUTO = "auto"
 ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
-ESTIMATION_CROP = 384  # model pixels per side of the crop used to estimate the diameter
+ESTIMATION_CROP = 256  # model pixels per side of the crop used to estimate the diameter (one 256-px tile)
 ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size
 # ...unless the next finer scale finds more than 2x as many objects, or the one after more than 8x
 # (clumps of small nuclei: at 1/8 scale they can look like single textured nuclei, at 1/4 still partly)
