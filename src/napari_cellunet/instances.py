@@ -82,6 +82,15 @@ def typical_size(diameter: float, dims: int = 2) -> float:
     return math.pi / 6 * diameter**3 if dims == 3 else math.pi / 4 * diameter**2
 
 
+def _across_borders(labels: np.ndarray):
+    """Per axis: ``(lo, hi, across)``, the slices of neighbouring pixels and where they lie in two objects."""
+    for ax in range(labels.ndim):
+        lo = tuple(slice(None, -1) if i == ax else slice(None) for i in range(labels.ndim))
+        hi = tuple(slice(1, None) if i == ax else slice(None) for i in range(labels.ndim))
+        a, b = labels[lo], labels[hi]
+        yield lo, hi, (a != b) & (a > 0) & (b > 0)
+
+
 def merge_fragments(labels: np.ndarray, max_size: float) -> np.ndarray:
     """Merge each object smaller than ``max_size`` into the larger neighbour it shares most border with.
 
@@ -98,11 +107,8 @@ def merge_fragments(labels: np.ndarray, max_size: float) -> np.ndarray:
     if not small.any():
         return labels
     src, dst = [], []
-    for ax in range(labels.ndim):
-        lo = labels[tuple(slice(None, -1) if i == ax else slice(None) for i in range(labels.ndim))]
-        hi = labels[tuple(slice(1, None) if i == ax else slice(None) for i in range(labels.ndim))]
-        border = (lo != hi) & (lo > 0) & (hi > 0)
-        a, b = lo[border].astype(np.int64), hi[border].astype(np.int64)
+    for lo, hi, across in _across_borders(labels):
+        a, b = labels[lo][across].astype(np.int64), labels[hi][across].astype(np.int64)
         src += [a, b]
         dst += [b, a]
     src, dst = np.concatenate(src), np.concatenate(dst)
@@ -139,14 +145,10 @@ def touching_pairs(labels: np.ndarray, boundary: np.ndarray,
     """
     n = int(labels.max())
     keys, saddles, borders = [], [], []
-    for ax in range(labels.ndim):
-        lo = tuple(slice(None, -1) if i == ax else slice(None) for i in range(labels.ndim))
-        hi = tuple(slice(1, None) if i == ax else slice(None) for i in range(labels.ndim))
-        a, b = labels[lo], labels[hi]
-        across = (a != b) & (a > 0) & (b > 0)
+    for lo, hi, across in _across_borders(labels):
         if not across.any():
             continue
-        x, y = a[across].astype(np.int64), b[across].astype(np.int64)
+        x, y = labels[lo][across].astype(np.int64), labels[hi][across].astype(np.int64)
         keys.append(np.minimum(x, y) * (n + 1) + np.maximum(x, y))
         saddles.append(np.minimum(height[lo][across], height[hi][across]))
         borders.append(np.maximum(boundary[lo][across], boundary[hi][across]))
@@ -262,6 +264,9 @@ def merge_flickers(frames: np.ndarray, max_frames: int = FLICKER_FRAMES) -> np.n
     given (no cascading); the first and last frames are unchanged. ``frames`` is
     ``(T, *spatial)``; relabels each frame 1..N.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     frames = np.asarray(frames)
     out = frames.copy()
     for t in range(1, len(frames) - 1):
@@ -269,24 +274,26 @@ def merge_flickers(frames: np.ndarray, max_frames: int = FLICKER_FRAMES) -> np.n
         n = int(lab.max())
         if n < 2:
             continue
-        mapping = np.arange(n + 1)
-        for b in range(max(0, t - max_frames), t):
-            before = _mostly_inside(lab, frames[b])
-            for a in range(t + 1, min(len(frames), t + 1 + max_frames)):
-                after = _mostly_inside(lab, frames[a])
-                key = np.where((before > 0) & (after > 0), before * (int(frames[a].max()) + 1) + after, -1)
+        hosts = {f: _mostly_inside(lab, frames[f])
+                 for f in range(max(0, t - max_frames), min(len(frames), t + 1 + max_frames)) if f != t}
+        src, dst = [], []  # each object joined to the first object of its (host before, host after) group
+        for b in (f for f in hosts if f < t):
+            for a in (f for f in hosts if f > t):
+                key = np.where((hosts[b] > 0) & (hosts[a] > 0), hosts[b] * (int(frames[a].max()) + 1) + hosts[a], -1)
                 key[0] = -1
                 ids = np.flatnonzero(key >= 0)
-                if len(ids) < 2:
-                    continue
                 _, first, group = np.unique(key[ids], return_index=True, return_inverse=True)
-                for i, j in zip(ids, ids[first[group]]):  # join each object to its group's first
-                    ri, rj = mapping[i], mapping[j]
-                    if ri != rj:
-                        mapping[mapping == max(ri, rj)] = min(ri, rj)
-        if (mapping != np.arange(n + 1)).any():
-            relabelled, _, _ = relabel_sequential(mapping[lab])
-            out[t] = relabelled
+                src.append(ids)
+                dst.append(ids[first[group]])
+        src, dst = np.concatenate(src), np.concatenate(dst)
+        if not (src != dst).any():
+            continue
+        graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n + 1, n + 1))
+        _, component = connected_components(graph, directed=False)
+        lowest = np.full(component.max() + 1, n + 1)
+        np.minimum.at(lowest, component, np.arange(n + 1))  # each joined group takes its lowest id
+        relabelled, _, _ = relabel_sequential(lowest[component][lab])
+        out[t] = relabelled
     return out
 
 
