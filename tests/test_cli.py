@@ -148,8 +148,11 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
     # loader workers, and no threshold search: the start model's thresholds are kept
     code = main(["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--out", str(tmp_path / "w.pt"), "--init", "nuclei-fluo-2d", "--minutes", "0.05",
-                 "--batch-size", "2", "--crop", "64", "--workers", "1", "--no-tune"])
+                 "--batch-size", "2", "--crop", "64", "--workers", "1", "--no-tune",
+                 "--noise-std", "0.2", "--shot-noise-prob", "0.3", "--quantize-prob", "0.1"])
     assert code == 0
     trained = load_model(tmp_path / "w.pt")
     assert trained.meta["train_config"]["workers"] == 1 and "val_scores_tuned_thresholds" not in trained.meta
+    noise = {k: trained.meta["train_config"]["augment"][k] for k in ("noise_std", "shot_noise_prob", "quantize_prob")}
+    assert noise == {"noise_std": 0.2, "shot_noise_prob": 0.3, "quantize_prob": 0.1}
     assert trained.instance_params == load_model("nuclei-fluo-2d").instance_params

@@ -7,7 +7,7 @@ from napari_cellunet.arrays import to_grey
 from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.inference import drive, iter_predict
 from napari_cellunet.models import load_model
-from napari_cellunet.training import (AugmentConfig, TrainConfig, TrainState, augment, batch_stream,
+from napari_cellunet.training import (AugmentConfig, add_noise, TrainConfig, TrainState, augment, batch_stream,
                                       brightness_field, add_halos, add_speckles, add_texture, contact_weights, distance_target,
                                       iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
@@ -61,6 +61,29 @@ def test_sample_rescaled_to_canonical_diameter_and_batches():
     assert d is None  # distance targets only when asked for
     a, b = augment(s.image, s.labels, AugmentConfig(), np.random.default_rng(1))
     assert a.shape == s.image.shape and b.shape == s.labels.shape
+
+
+def test_add_noise_models_photon_noise_grain_and_grey_levels():
+    ramp = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (1, 128, 1))   # (1, 128, 128)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(add_noise(ramp, AugmentConfig(noise_std=0), rng), ramp)
+    # photon noise: unbiased, and stronger where the image is bright
+    shot = add_noise(ramp, AugmentConfig(noise_std=0, shot_noise_prob=1), rng) - ramp
+    assert abs(shot.mean()) < 0.02 and shot[..., 96:].std() > 1.5 * shot[..., 8:40].std()
+    # grainy Gaussian noise is correlated between neighbours; white noise is not
+    flat = np.zeros((1, 128, 128), np.float32)
+
+    def neighbour_corr(cfg):
+        while True:  # noise is added to half of the calls
+            n = add_noise(flat, cfg, rng)[0]
+            if n.any():
+                return np.corrcoef(n[:, 1:].ravel(), n[:, :-1].ravel())[0, 1]
+
+    assert neighbour_corr(AugmentConfig(noise_std=0.2, noise_grain_prob=1)) > 0.3
+    assert abs(neighbour_corr(AugmentConfig(noise_std=0.2))) < 0.1
+    # coarse grey levels: at most 65 distinct values on a 128-level ramp
+    q = add_noise(ramp, AugmentConfig(noise_std=0, quantize_prob=1), rng)
+    assert len(np.unique(q)) <= 65 and np.abs(q - ramp).max() <= 0.5 / 4 + 1e-6
 
 
 def test_tiny_training_run_saves_loadable_model(tmp_path):

@@ -132,6 +132,8 @@ def cmd_train(args) -> int:
     init = load_model(args.init) if args.init else None
     augment = {} if args.texture_prob is None else {"texture_prob": args.texture_prob}
     augment.update(CLASSIC_AUGMENT if args.classic_augment else {})
+    augment.update(noise_std=args.noise_std, noise_grain_prob=args.noise_grain_prob,
+                   shot_noise_prob=args.shot_noise_prob, quantize_prob=args.quantize_prob)
     cfg = TrainConfig(minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
@@ -268,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--texture-prob", type=float,
                    help="share of crops given synthetic chromatin texture inside objects "
                         "(default 0.3; 0 = off, as stage 2)")
+    t.add_argument("--noise-std", type=float, default=0.05,
+                   help="largest Gaussian noise std (normalised intensities) added to half of the crops")
+    t.add_argument("--noise-grain-prob", type=float, default=0.0,
+                   help="share of the noisy crops whose noise is spatially correlated (as in zoomed-up images)")
+    t.add_argument("--shot-noise-prob", type=float, default=0.0,
+                   help="share of crops given Poisson (photon) noise at 3-100 photons (low-light images)")
+    t.add_argument("--quantize-prob", type=float, default=0.0,
+                   help="share of crops rounded to 4-64 grey levels (dim, low-bit-depth images)")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--contact-band", type=int, default=1,

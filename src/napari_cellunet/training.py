@@ -189,7 +189,10 @@ class AugmentConfig:
     crop: int | tuple[int, ...] = 256  # one size for every axis, or one per axis (e.g. (32, 96, 96) for 3D)
     scale_range: tuple[float, float] = (0.6, 1.6)
     gamma_range: tuple[float, float] = (0.6, 1.6)
-    noise_std: float = 0.05
+    noise_std: float = 0.05           # half of the crops get Gaussian noise of std up to this
+    noise_grain_prob: float = 0.0     # share of that noise made spatially correlated (σ 0.5–1.5 px)
+    shot_noise_prob: float = 0.0      # Poisson (photon) noise, 3–100 photons at intensity 1
+    quantize_prob: float = 0.0        # round to 4–64 grey levels (dim, low-bit-depth images)
     blur_prob: float = 0.2
     invert_prob: float = 0.0
     field_prob: float = 0.3           # multiply by a smooth random brightness field (dim objects)
@@ -284,6 +287,25 @@ def add_texture(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> n
     return out.astype(np.float32)
 
 
+def add_noise(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Camera-like degradations of a normalised image: photon noise, Gaussian noise (white or
+    grainy, as in an image zoomed up to the model's scale) and coarse grey levels."""
+    if cfg.shot_noise_prob and rng.random() < cfg.shot_noise_prob:
+        photons = float(np.exp(rng.uniform(np.log(3.0), np.log(100.0))))
+        img = rng.poisson(np.clip(img, 0, None) * photons).astype(np.float32) / photons
+    if cfg.noise_std and rng.random() < 0.5:
+        noise = rng.normal(0, float(rng.uniform(0, cfg.noise_std)), img.shape).astype(np.float32)
+        if cfg.noise_grain_prob and rng.random() < cfg.noise_grain_prob:
+            std = noise.std()
+            noise = ndi.gaussian_filter(noise, [0] + [float(rng.uniform(0.5, 1.5))] * (img.ndim - 1))
+            noise *= std / max(float(noise.std()), 1e-6)
+        img = img + noise
+    if cfg.quantize_prob and rng.random() < cfg.quantize_prob:
+        levels = float(np.exp(rng.uniform(np.log(4.0), np.log(64.0))))
+        img = np.round(img * levels) / levels
+    return img
+
+
 def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator):
     """Flips, 90° rotations, synthetic halos/speckles and intensity jitter (image only)."""
     dims = lab.ndim
@@ -308,8 +330,7 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random
         img = np.clip(img, 0, None) ** g
     if rng.random() < 0.8:
         img = img * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.1, 0.1))
-    if cfg.noise_std and rng.random() < 0.5:
-        img = img + rng.normal(0, float(rng.uniform(0, cfg.noise_std)), img.shape).astype(np.float32)
+    img = add_noise(img, cfg, rng)
     if cfg.field_prob and rng.random() < cfg.field_prob:
         img = img * brightness_field(lab.shape, cfg.field_low, rng)
     if cfg.invert_prob and rng.random() < cfg.invert_prob:
