@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from napari_cellunet._sample_data import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
@@ -136,8 +137,6 @@ def main() -> int:
 
 def lowlight() -> int:
     """The sample at 10 photons per nucleus, segmented by the default and the low-light model."""
-    import numpy as np
-
     viewer, app = new_viewer()
     clean = load_sample_image().astype(np.float32)
     noisy = np.random.default_rng(0).poisson(clean / np.percentile(clean, 99.8) * 10 + 1).astype(np.float32)

@@ -88,10 +88,10 @@ def test_lowlight_model_holds_up_in_photon_noise_where_the_default_does_not(samp
     noisy = [(np.random.default_rng(seed).poisson(crop / np.percentile(crop, 99.8) * 10 + 1).astype(np.float32), truth)
              for seed in range(3)]
 
-    def ap50(name, pairs):
-        model = load_model(name)
+    def ap50(model, pairs):
         return dataset_scores((t, segment(model, im[None], opts).labels[0]) for im, t in pairs)["ap50"]
 
     assert "nuclei-fluo-2d-lowlight" in model_names()
-    assert ap50("nuclei-fluo-2d-lowlight", clean) > ap50(DEFAULT_MODEL, clean) - 0.03
-    assert ap50("nuclei-fluo-2d-lowlight", noisy) > ap50(DEFAULT_MODEL, noisy) + 0.1
+    lowlight, default = load_model("nuclei-fluo-2d-lowlight"), load_model(DEFAULT_MODEL)
+    assert ap50(lowlight, clean) > ap50(default, clean) - 0.03
+    assert ap50(lowlight, noisy) > ap50(default, noisy) + 0.1

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix, csgraph
 from skimage.segmentation import relabel_sequential, watershed
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -264,9 +265,6 @@ def merge_flickers(frames: np.ndarray, max_frames: int = FLICKER_FRAMES) -> np.n
     given (no cascading); the first and last frames are unchanged. ``frames`` is
     ``(T, *spatial)``; relabels each frame 1..N.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     frames = np.asarray(frames)
     out = frames.copy()
     for t in range(1, len(frames) - 1):
@@ -289,7 +287,7 @@ def merge_flickers(frames: np.ndarray, max_frames: int = FLICKER_FRAMES) -> np.n
         if not (src != dst).any():
             continue
         graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n + 1, n + 1))
-        _, component = connected_components(graph, directed=False)
+        _, component = csgraph.connected_components(graph, directed=False)
         lowest = np.full(component.max() + 1, n + 1)
         np.minimum.at(lowest, component, np.arange(n + 1))  # each joined group takes its lowest id
         relabelled, _, _ = relabel_sequential(lowest[component][lab])
