@@ -123,7 +123,9 @@ def cmd_train(args) -> int:
     from .models import load_model, save_user_model
     from .training import AugmentConfig, TrainConfig, TrainState, iter_train, load_folder_pairs
 
-    train = load_folder_pairs(args.images, args.masks)
+    if len(args.images) != len(args.masks):
+        raise ValueError("give one --masks folder per --images folder")
+    train = [p for i, m in zip(args.images, args.masks) for p in load_folder_pairs(i, m)]
     if args.val_images:
         val = load_folder_pairs(args.val_images, args.val_masks or args.val_images)
     else:
@@ -133,8 +135,10 @@ def cmd_train(args) -> int:
     augment = {} if args.texture_prob is None else {"texture_prob": args.texture_prob}
     augment.update(CLASSIC_AUGMENT if args.classic_augment else {})
     augment.update(noise_std=args.noise_std, noise_grain_prob=args.noise_grain_prob,
-                   shot_noise_prob=args.shot_noise_prob, quantize_prob=args.quantize_prob)
-    cfg = TrainConfig(minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
+                   shot_noise_prob=args.shot_noise_prob, quantize_prob=args.quantize_prob,
+                   object_gain_prob=args.object_gain_prob, paste_prob=args.paste_prob,
+                   defocus_prob=args.defocus_prob, stretch=args.stretch)
+    cfg = TrainConfig(minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, batch_size=args.batch_size,
                       base_channels=args.base, depth=args.depth, val_every=args.val_every,
                       diameter=args.diameter or None, lr=args.lr, device=args.device,
                       contact_weight=args.contact_weight, contact_band=args.contact_band, ema=args.ema,
@@ -147,7 +151,7 @@ def cmd_train(args) -> int:
     meta = {
         "name": args.name or tmp_out.stem,
         "description": args.description,
-        "training_data": args.data_note or f"{args.images} ({len(train)} images)",
+        "training_data": args.data_note or f"{', '.join(args.images)} ({len(train)} images)",
         "training_command": "cellunet " + shlex.join(args.argv),
         "license": args.license,
     }
@@ -246,14 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_count)
 
     t = sub.add_parser("train", help="train or fine-tune a model on image/label folders")
-    t.add_argument("--images", required=True)
-    t.add_argument("--masks", required=True)
+    t.add_argument("--images", required=True, action="append", help="image folder (repeat for more)")
+    t.add_argument("--masks", required=True, action="append", help="mask folder, one per --images")
     t.add_argument("--val-images")
     t.add_argument("--val-masks")
     t.add_argument("--name", default="my-model", help="name in the user model folder")
     t.add_argument("--out", help="write the model file here instead of the user model folder")
     t.add_argument("--init", help="fine-tune from this model (name or path)")
     t.add_argument("--minutes", type=float, default=10.0)
+    t.add_argument("--max-steps", type=int, default=1_000_000, help="stop after this many steps")
     t.add_argument("--diameter", type=float, default=16.0, help="canonical object diameter (0 = no rescaling)")
     t.add_argument("--base", type=int, default=16)
     t.add_argument("--depth", type=int, default=4)
@@ -278,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of crops given Poisson (photon) noise at 3-100 photons (low-light images)")
     t.add_argument("--quantize-prob", type=float, default=0.0,
                    help="share of crops rounded to 4-64 grey levels (dim, low-bit-depth images)")
+    t.add_argument("--object-gain-prob", type=float, default=0.0,
+                   help="share of crops whose objects are dimmed one by one to 10-100%% (dim beside bright)")
+    t.add_argument("--paste-prob", type=float, default=0.0,
+                   help="share of crops given objects pasted from another crop (denser, mixed scenes)")
+    t.add_argument("--defocus-prob", type=float, default=0.0,
+                   help="share of crops where half of the objects are blurred (out of focus)")
+    t.add_argument("--stretch", type=float, default=0.0,
+                   help="stretch half of the crops along one axis by up to exp(+-this) (elongated nuclei)")
     t.add_argument("--contact-weight", type=float, default=4.0,
                    help="extra loss weight on gaps between touching objects (0 = off)")
     t.add_argument("--contact-band", type=int, default=1,

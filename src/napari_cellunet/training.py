@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from skimage.segmentation import find_boundaries
+from skimage.segmentation import expand_labels, find_boundaries
 
 from .arrays import to_grey
 from .inference import Progress, normalize_percentile, resize_spatial, resolve_precision, select_device
@@ -123,11 +123,13 @@ class Sample:
     name: str = ""
 
 
-def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale a ``(C, *spatial)`` image (linear) and its labels (nearest) by ``scale``."""
-    if abs(scale - 1) < 1e-3:
+def rescale_pair(image: np.ndarray, labels: np.ndarray,
+                 scale: float | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale a ``(C, *spatial)`` image (linear) and its labels (nearest) by ``scale`` (one, or one per axis)."""
+    scales = (scale,) * labels.ndim if np.isscalar(scale) else tuple(scale)
+    if all(abs(f - 1) < 1e-3 for f in scales):
         return image, labels
-    shape = tuple(max(8, int(round(s * scale))) for s in labels.shape)
+    shape = tuple(max(8, int(round(s * f))) for s, f in zip(labels.shape, scales))
     img = resize_spatial(image[None], shape)[0]
     zoom = [n / o for n, o in zip(shape, labels.shape)]
     lab = ndi.zoom(labels, zoom, order=0, mode="nearest", grid_mode=True)
@@ -200,21 +202,26 @@ class AugmentConfig:
     halo_prob: float = 0.25           # add dim textured "cytoplasm" rims around objects (label: background)
     speckle_prob: float = 0.25        # dark spots (nucleoli) inside objects
     texture_prob: float = 0.3         # uneven chromatin inside objects: blotches and bright chromocentres
+    object_gain_prob: float = 0.0     # dim some objects to 10-100% of their brightness (dim nuclei beside bright)
+    paste_prob: float = 0.0           # paste objects of another image's crop into the gaps (denser, mixed scenes)
+    defocus_prob: float = 0.0         # blur some objects only (sigma 1.5-3.5 px: out-of-focus nuclei)
+    stretch: float = 0.0              # stretch crops along one axis by up to exp(±this) (elongated nuclei)
 
 
-def random_crop(sample: Sample, crop: int | Sequence[int], scale: float,
+def random_crop(sample: Sample, crop: int | Sequence[int], scale: float | Sequence[float],
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A ``crop``-sized window of ``sample`` zoomed by ``scale`` (zero-padded if small)."""
+    """A ``crop``-sized window of ``sample`` zoomed by ``scale`` (one, or one per axis; zero-padded if small)."""
     dims = sample.labels.ndim
     crop = (crop,) * dims if isinstance(crop, int) else tuple(crop)
-    src = [max(1, int(round(c / scale))) for c in crop]
+    scales = (scale,) * dims if np.isscalar(scale) else tuple(scale)
+    src = [max(1, int(round(c / f))) for c, f in zip(crop, scales)]
     shape = sample.labels.shape
     starts = []
     for s, c in zip(shape, src):
         starts.append(int(rng.integers(0, s - c + 1)) if s > c else 0)
     sl = tuple(slice(a, a + c) for a, c in zip(starts, src))
     img, lab = sample.image[(slice(None), *sl)], sample.labels[sl]
-    img, lab = rescale_pair(img, lab, scale)
+    img, lab = rescale_pair(img, lab, [c / s for c, s in zip(crop, src)] if len(set(scales)) > 1 else scale)
     # pad or trim to exactly `crop`
     pad = [(0, max(0, c - s)) for c, s in zip(crop, lab.shape)]
     window = tuple(slice(0, c) for c in crop)
@@ -287,6 +294,75 @@ def add_texture(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> n
     return out.astype(np.float32)
 
 
+def _background_level(img: np.ndarray, fg: np.ndarray) -> float:
+    return float(np.median(img[:, ~fg])) if (~fg).any() else 0.0
+
+
+def dim_objects(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scale half of the objects' brightness above their local background by 0.1-1 (log-uniform).
+
+    Teaches that a nucleus at 10-30% of its bright neighbours' intensity is still a nucleus. The
+    background is each object's surroundings (a 4-px ring), and the factor reaches 3 px beyond
+    its mask, smoothly, so the blurred rim is dimmed with it.
+    """
+    n = int(lab.max())
+    if n == 0:
+        return img
+    gain = np.ones(n + 1, np.float32)
+    chosen = rng.random(n) < 0.5
+    gain[1:][chosen] = np.exp(rng.uniform(np.log(0.1), 0.0, int(chosen.sum())))
+    near = expand_labels(lab, 4)
+    ring = np.where(lab > 0, 0, near)
+    ids = np.arange(1, n + 1)
+    grey = img.mean(0)
+    local = np.nan_to_num(np.asarray(ndi.median(grey, ring, ids), np.float32), nan=_background_level(img, lab > 0))
+    bg = ndi.gaussian_filter(np.r_[np.float32(0), local][expand_labels(lab, 3)], 1.0)
+    factor = ndi.gaussian_filter(gain[expand_labels(lab, 3)], 1.0)
+    return (img * factor[None] + bg[None] * (1 - factor[None])).astype(np.float32)
+
+
+def paste_objects(img: np.ndarray, lab: np.ndarray, donor_img: np.ndarray, donor_lab: np.ndarray,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste the objects of a donor crop that fall on the crop's background (they may touch its objects).
+
+    The donor's intensities are matched to the crop's objects (median, ×0.5–1.5) and carried one
+    pixel beyond each pasted mask, so its blurred edge comes along; new objects get new ids.
+    """
+    n_donor = int(donor_lab.max())
+    if n_donor == 0:
+        return img, lab
+    fg = lab > 0
+    overlap = np.bincount(donor_lab[fg].ravel(), minlength=n_donor + 1)
+    keep = (overlap == 0) & (rng.random(n_donor + 1) < 0.7)
+    keep[0] = False
+    if not keep.any():
+        return img, lab
+    pasted = keep[donor_lab]
+    ref = float(np.median(img[:, fg])) if fg.any() else 0.5
+    src = float(np.median(donor_img[:, donor_lab > 0]))
+    factor = ref / max(src, 1e-3) * float(rng.uniform(0.5, 1.5)) if fg.any() else float(rng.uniform(0.5, 1.5))
+    region = ndi.binary_dilation(pasted) & ~fg
+    bg, donor_bg = _background_level(img, fg), _background_level(donor_img, donor_lab > 0)
+    out = img.copy()
+    out[:, region] = bg + (donor_img[:, region] - donor_bg) * factor
+    lab = lab.copy()
+    lab[pasted] = donor_lab[pasted] + int(lab.max())
+    return out.astype(np.float32), lab
+
+
+def defocus_objects(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blur a random half of the objects (and their surroundings) by σ 1.5–3.5 px; the rest stay sharp."""
+    n = int(lab.max())
+    if n == 0:
+        return img
+    sigma = float(rng.uniform(1.5, 3.5))
+    chosen = np.r_[False, rng.random(n) < 0.5]
+    region = ndi.gaussian_filter(ndi.binary_dilation(chosen[lab], iterations=int(2 * sigma)).astype(np.float32),
+                                 sigma)
+    blurred = ndi.gaussian_filter(img, [0] + [sigma] * lab.ndim)
+    return (img * (1 - region) + blurred * region).astype(np.float32)
+
+
 def add_noise(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Camera-like degradations of a normalised image: photon noise, Gaussian noise (white or
     grainy, as in an image zoomed up to the model's scale) and coarse grey levels."""
@@ -317,6 +393,10 @@ def augment(img: np.ndarray, lab: np.ndarray, cfg: AugmentConfig, rng: np.random
         img, lab = np.rot90(img, k, axes=(dims - 1, dims)), np.rot90(lab, k, axes=(dims - 2, dims - 1))
     img = np.ascontiguousarray(img, dtype=np.float32)
     lab = np.ascontiguousarray(lab)
+    if cfg.object_gain_prob and rng.random() < cfg.object_gain_prob:
+        img = dim_objects(img, lab, rng)
+    if cfg.defocus_prob and rng.random() < cfg.defocus_prob:
+        img = defocus_objects(img, lab, rng)
     if cfg.halo_prob and rng.random() < cfg.halo_prob:
         img = add_halos(img, lab, rng)
     if cfg.speckle_prob and rng.random() < cfg.speckle_prob:
@@ -366,7 +446,14 @@ def make_batch(samples: Sequence[Sample], batch_size: int, cfg: AugmentConfig,
         i = int(rng.integers(len(samples))) if weights is None else int(rng.choice(len(samples), p=weights))
         s = samples[i]
         scale = float(np.exp(rng.uniform(*np.log(cfg.scale_range))))
+        if cfg.stretch and rng.random() < 0.5:  # elongated objects: one axis zoomed more than the other
+            f, axis = float(np.exp(rng.uniform(-cfg.stretch, cfg.stretch))), int(rng.integers(s.labels.ndim))
+            scale = tuple(scale * (f if ax == axis else 1.0) for ax in range(s.labels.ndim))
         img, lab = random_crop(s, cfg.crop, scale, rng)
+        if cfg.paste_prob and rng.random() < cfg.paste_prob:
+            donor = samples[int(rng.integers(len(samples)))]
+            d_img, d_lab = random_crop(donor, cfg.crop, float(np.exp(rng.uniform(*np.log(cfg.scale_range)))), rng)
+            img, lab = paste_objects(img, lab, d_img, d_lab, rng)
         img, lab = augment(img, lab, cfg, rng)
         xs.append(img)
         ys.append(labels_to_targets(lab, contact_band))
