@@ -17,7 +17,7 @@ import sys
 from napari_cellunet.inference import drive
 from napari_cellunet.models import load_model, save_model
 from napari_cellunet.segment import PredictOptions
-from napari_cellunet.training import _val_scores, load_folder_pairs, tune_thresholds
+from napari_cellunet.training import load_folder_pairs, tune_thresholds, val_scores
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     # objects whose interior probability never reaches 0.9 (0.5 at the image edge) are dropped: on stage-4
     # val probabilities AP@0.5 0.849 -> 0.862, DSB 0.667 -> 0.679, count error 7.5% -> 7.4% (0.7-0.98 all help)
     base.min_confidence = 0.9
-    _, cached = drive(_val_scores(model, val, PredictOptions(), base))
+    _, cached = drive(val_scores(model, val, PredictOptions(), base))
     params, scores = tune_thresholds(cached, [t for _, t in val], base)
     model.meta["instance_params"] = params.to_dict()
     model.meta.pop("val_ap50_tuned_thresholds", None)

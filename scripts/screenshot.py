@@ -21,9 +21,9 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_cellunet._sample_data import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
-from napari_cellunet._count_widget import CountWidget
-from napari_cellunet._widget import SegmentWidget
+from napari_cellunet._napari.samples import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
+from napari_cellunet._napari.count_widget import CountWidget
+from napari_cellunet._napari.segment_widget import SegmentWidget
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SIZE = (1600, 1000)
@@ -163,7 +163,7 @@ def train() -> int:
 
     import tifffile
 
-    from napari_cellunet._train_widget import TrainWidget
+    from napari_cellunet._napari.train_widget import TrainWidget
 
     os.environ.setdefault("CELLUNET_MODEL_DIR", tempfile.mkdtemp())  # keep the user's model folder clean
     viewer, app = new_viewer()

@@ -3,9 +3,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_cellunet.instances import (BOUNDARY, INTERIOR, InstanceParams, connected_components, drop_unconfident,
-                                      join_weak_borders, merge_flickers, merge_fragments, probabilities_to_labels,
-                                      remove_small)
+from scipy import ndimage as ndi
+
+from napari_cellunet.postprocess import (BOUNDARY, INTERIOR, drop_unconfident, join_weak_borders, merge_flickers,
+                                         merge_fragments, probabilities_to_labels, remove_small)
+from napari_cellunet.settings import InstanceParams
 from napari_cellunet.training import labels_to_targets
 
 from conftest import disc_image
@@ -88,12 +90,12 @@ def test_empty_and_3d():
     assert out.shape == vol.shape and out.max() == 2
 
 
-def test_connected_components_and_remove_small():
+def test_remove_small():
     m = np.zeros((20, 20), bool)
     m[1:4, 1:4] = True
     m[10:18, 10:18] = True
-    assert connected_components(m).max() == 2
-    assert connected_components(m, min_size=10).max() == 1
+    assert remove_small(ndi.label(m)[0], 1).max() == 2
+    assert remove_small(ndi.label(m)[0], 10).max() == 1
     lab = np.zeros((10, 10), np.int32)
     lab[0, 0] = 7
     lab[5:9, 5:9] = 3
@@ -102,7 +104,7 @@ def test_connected_components_and_remove_small():
 
 
 def test_drop_dim_objects_keeps_bright_and_drops_dim_rims():
-    from napari_cellunet.instances import drop_dim_objects
+    from napari_cellunet.postprocess import drop_dim_objects
     lab = np.zeros((60, 90), np.uint16)
     img = np.full(lab.shape, 10.0, np.float32)
     for i, x in enumerate((5, 25, 45, 65), start=1):

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from napari_cellunet.measure import COLUMNS, count_objects, counts_table, measure, measure_slices, write_csv
+from napari_cellunet.measure import COLUMNS, count_objects, count_rows, measure, measure_stack, write_csv
 
 
 def two_squares():
@@ -30,9 +30,9 @@ def test_3d_and_slices(tmp_path):
     df = measure(vol)
     assert len(df) == 1 and df.area_px[0] == 27 and "centroid_z" in df
     stack = np.stack([two_squares(), np.zeros((30, 40), np.uint16)])
-    per = measure_slices(stack, axis_name="frame")
+    per = measure_stack(stack, "TYX", "frames")
     assert list(per.frame) == [0, 0]
-    assert list(counts_table(stack, "frame")["count"]) == [2, 0]
+    assert [r["count"] for r in count_rows(stack, "TYX", "frames")] == [2, 0]
     path = write_csv(per, tmp_path / "m.csv")
     assert len(pd.read_csv(path)) == 2
 

@@ -29,6 +29,6 @@ def test_wheel_contains_manifest_model_and_sample(tmp_path):
         manifest = z.read("napari_cellunet/napari.yaml").decode()
         entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "napari-cellunet.segment_widget" in manifest  # the file itself, not a dangling link
-    assert "napari_cellunet/models/nuclei-fluo-2d.pt" in names
+    assert "napari_cellunet/models/nuclei-fluo-2d.safetensors" in names
     assert "napari_cellunet/data/nuclei_2d.tif" in names
     assert "napari.manifest" in entry_points and "cellunet = napari_cellunet.cli:main" in entry_points

@@ -7,10 +7,10 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import docked, fake_segmenter, layers_of, run_and_wait, set_and_relabel
 
 pytestmark = pytest.mark.gui
 
-WAIT_MS = 180_000
 TIMELAPSE_DIAMETER = 18  # px, given so the test skips the size estimate ("auto" on this sample: test_stacks.py)
 
 
@@ -20,11 +20,9 @@ def viewer(make_napari_viewer):
 
 
 def segment_widget(viewer):
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
 
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cellunet", "Segment & count")
-    assert isinstance(widget, SegmentWidget)
-    return widget
+    return docked(viewer, SegmentWidget)
 
 
 def add_sample(viewer, make):
@@ -32,40 +30,12 @@ def add_sample(viewer, make):
     return viewer.add_image(data, **kwargs)
 
 
-def run_and_wait(qtbot, widget):
-    worker = widget.run()
-    assert worker is not None, widget.status.value
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    return worker
-
-
-def layers_of(viewer, kind):
-    return [lyr for lyr in viewer.layers if lyr.__class__.__name__ == kind]
-
-
 def counts_docks(viewer):
     return [name for name in viewer.window.dock_widgets if name.endswith(" counts")]
 
 
-def fake_segmenter(calls):
-    """Stand-in for the network: a disc at (40, 40) in every slice; records the values it got."""
-    from napari_cellunet.inference import Progress
-    from napari_cellunet.segment import Segmentation, labels_from_probabilities
-
-    def fake(model, data, options=None, params=None, slice_labels=True):
-        calls.append((data.shape, np.unique(data).tolist()))
-        yield Progress(0, 1, "predicting")
-        probs = np.zeros((len(data), 3, *data.shape[1:]), np.float32)
-        yy, xx = np.indices(data.shape[1:])
-        disc = (yy - 40) ** 2 + (xx - 40) ** 2 < 15**2
-        probs[:, 1], probs[:, 0] = disc, ~disc
-        return Segmentation(probs, labels_from_probabilities(probs, params, 20.0), 20.0, params)
-
-    return fake
-
-
 def test_zstack_gives_one_3d_labels_layer(viewer, qtbot):
-    from napari_cellunet._sample_data import sample_nuclei_3d
+    from napari_cellunet._napari.samples import sample_nuclei_3d
 
     image = add_sample(viewer, sample_nuclei_3d)
     w = segment_widget(viewer)
@@ -89,13 +59,13 @@ def test_zstack_gives_one_3d_labels_layer(viewer, qtbot):
 
 
 def test_timelapse_counts_table(viewer, qtbot, tmp_path):
-    from napari_cellunet._sample_data import sample_timelapse_2d
+    from napari_cellunet._napari.samples import sample_timelapse_2d
 
     truth = pd.read_csv(resources.files("napari_cellunet") / "data" / "timelapse_2d_counts.csv")["count"]
     image = add_sample(viewer, sample_timelapse_2d)
     w = segment_widget(viewer)
     assert w._axes.value == "TYX"
-    w._diameter.value = TIMELAPSE_DIAMETER
+    w.setting("diameter").value = TIMELAPSE_DIAMETER
     w._add_points.value = True
     run_and_wait(qtbot, w)
 
@@ -120,14 +90,14 @@ def test_timelapse_counts_table(viewer, qtbot, tmp_path):
     out = dock.export(tmp_path / "counts")
     assert out == tmp_path / "counts.csv" and len(pd.read_csv(out)) == 12
 
-    w._seed.value = 0.9  # threshold change: relabel from the cache, same dock, same layers
+    set_and_relabel(qtbot, w, "seed_threshold", 0.9, 1)  # threshold change: from the cache, same dock, same layers
     assert w.relabel_count == 1 and w.counts_table is not table
     assert counts_docks(viewer) == ["timelapse counts"] and w.counts_dock(image) is dock
     assert dock.counts is w.counts_table
     assert len(pts.data) == w.counts_table["count"].sum()
     assert lab.metadata["merge_over_time"] is True
     rejoined = w.counts_table["count"].sum()
-    w._merge_time.value = False  # keep one-frame splits apart: relabel, never fewer objects
+    set_and_relabel(qtbot, w, "merge_over_time", False, 2)  # keep one-frame splits apart: never fewer objects
     assert w.relabel_count == 2 and lab.metadata["merge_over_time"] is False
     assert w.counts_table["count"].sum() >= rejoined
     run_and_wait(qtbot, w)  # a re-run reuses dock, labels and points layers

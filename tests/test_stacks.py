@@ -5,14 +5,21 @@ import pytest
 import tifffile
 
 from napari_cellunet.inference import drive
-from napari_cellunet.instances import InstanceParams
+from napari_cellunet.measure import count_rows, measure_stack
 from napari_cellunet.metrics import iou_matrix
+from napari_cellunet.postprocess import postprocess
 from napari_cellunet.segment import Segmentation, normalize_for_model
-from napari_cellunet.stacks import (assemble, count_rows, default_mode, iter_segment_stack, measure_stack,
-                                    volume_labels)
+from napari_cellunet.settings import InstanceParams
+from napari_cellunet.stacks import default_mode, iter_segment_stack, volume_labels
 from napari_cellunet.training import labels_to_targets
 
 from conftest import DATA
+
+
+def assemble(seg, axes, mode, lead, images=None):
+    """Labels of cached slice-wise probabilities (the widget's re-labelling path)."""
+    shape = tuple(lead) + seg.probabilities.shape[-2:]
+    return postprocess(seg.probabilities, axes, mode, seg.params, seg.diameter, shape=shape, images=images)
 
 
 def test_default_modes():
@@ -72,7 +79,7 @@ def test_3d_stack_with_model(bundled_model):
 
 def test_timelapse_sample_auto_diameter_counts(bundled_model):
     """Auto diameter on the bundled time-lapse (small dense nuclei) must not lock onto merged clumps."""
-    from napari_cellunet._sample_data import SAMPLE_PATH
+    from napari_cellunet._napari.samples import SAMPLE_PATH
 
     movie = tifffile.imread(SAMPLE_PATH.parent / "timelapse_2d.tif")
     truth = np.loadtxt(SAMPLE_PATH.parent / "timelapse_2d_counts.csv", delimiter=",", skiprows=1)[:, 1]
@@ -93,7 +100,7 @@ def test_zstack_normalised_as_one_volume(bundled_model):
 
 def test_out_of_focus_planes_of_a_zstack_stay_empty(bundled_model):
     """The cells3d sample's first ~18 planes hold only blur: no 3D nucleus should reach into them."""
-    from napari_cellunet._sample_data import SAMPLE_PATH
+    from napari_cellunet._napari.samples import SAMPLE_PATH
     vol = tifffile.imread(SAMPLE_PATH.parent / "nuclei_3d.tif").astype(np.float32)
     res = drive(iter_segment_stack(bundled_model, vol, "ZYX", "3d", scale=(0.29, 0.26, 0.26)))
     per_plane = (res.labels > 0).mean(axis=(1, 2))

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_cellunet._reader import get_reader
-from napari_cellunet._writer import write_labels_csv, write_labels_tiff
+from napari_cellunet._napari.reader import get_reader
+from napari_cellunet._napari.writer import write_labels_csv, write_labels_tiff
 from napari_cellunet.tiffio import read_tiff, write_tiff
 
 

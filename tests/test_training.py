@@ -12,7 +12,7 @@ from napari_cellunet.training import (AugmentConfig, add_noise, TrainConfig, Tra
                                       iter_train,
                                       keep_largest_fragment, labels_to_targets, make_batch, make_sample,
                                       sampling_weights, tune_thresholds, WeightAverage)
-from napari_cellunet.instances import InstanceParams
+from napari_cellunet.settings import InstanceParams
 
 from conftest import disc_image
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.gui
 
-DATA = Path(__file__).parent / "data"
-WAIT_MS = 180_000
+from napari_cellunet.settings import InstanceParams, PredictOptions
+
+from conftest import DATA, WAIT_MS, docked, fake_segmenter, layers_of, run_and_wait, set_and_relabel
 
 
 @pytest.fixture
@@ -19,47 +18,14 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
-def docked(viewer, cls):
-    """Dock a widget the way napari does from the Plugins menu (npe2 injects a viewer proxy)."""
-    title = {"SegmentWidget": "Segment & count", "CountWidget": "Count labels"}[cls.__name__]
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cellunet", title)
-    assert isinstance(widget, cls)
-    return widget
-
-
-def run_and_wait(qtbot, widget):
-    worker = widget.run()
-    assert worker is not None, widget.status.value
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
-    return worker
-
-
 def labels_layers(viewer):
-    return [lyr for lyr in viewer.layers if lyr.__class__.__name__ == "Labels"]
-
-
-def fake_segmenter(calls):
-    """Stand-in for iter_segment: no network; probabilities from the ground-truth mask shape."""
-    from napari_cellunet.inference import Progress
-    from napari_cellunet.segment import Segmentation, labels_from_probabilities
-
-    def fake(model, data, options=None, params=None, slice_labels=True):
-        calls.append(data.shape)
-        yield Progress(0, 1, "predicting")
-        probs = np.zeros((len(data), 3, *data.shape[1:]), np.float32)
-        yy, xx = np.indices(data.shape[1:])
-        disc = (yy - 40) ** 2 + (xx - 40) ** 2 < 15**2
-        probs[:, 1] = disc
-        probs[:, 0] = ~disc
-        return Segmentation(probs, labels_from_probabilities(probs, params, 20.0), 20.0, params)
-
-    return fake
+    return layers_of(viewer, "Labels")
 
 
 # --------------------------------------------------------------------------- SegmentWidget
 def test_segment_sample_counts_nuclei(viewer, qtbot, sample):
-    from napari_cellunet._sample_data import SAMPLE_COUNT
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.samples import SAMPLE_COUNT
+    from napari_cellunet._napari.segment_widget import SegmentWidget
     from napari_cellunet.models import DEFAULT_MODEL, load_model
 
     image = viewer.add_image(sample.copy(), name="nuclei", scale=(0.5, 0.5), translate=(10, 20))
@@ -88,7 +54,7 @@ def test_segment_sample_counts_nuclei(viewer, qtbot, sample):
 
 
 def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch):
-    import napari_cellunet._widget as widget_module
+    import napari_cellunet._napari.segment_widget as widget_module
     import napari_cellunet.stacks as stacks
 
     viewer.add_image(sample, name="nuclei")
@@ -102,7 +68,7 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
         raise AssertionError("the network must not run again for a threshold change")
 
     monkeypatch.setattr(stacks, "iter_segment", no_network)
-    w._seed.value = 0.85  # stricter seeds: fewer splits
+    set_and_relabel(qtbot, w, "seed_threshold", 0.85, 1)  # stricter seeds: fewer splits
     assert w.relabel_count == 1
     assert w.worker is None
     assert viewer.layers["nuclei labels"] is lab and len(labels_layers(viewer)) == 1
@@ -112,40 +78,40 @@ def test_threshold_change_relabels_from_cache(viewer, qtbot, sample, monkeypatch
     assert w.result.value == f"{n_seed} nuclei" and len(lab.features) == n_seed
 
     big = int(lab.features["area_px"].median()) + 1
-    w._min_size.value = big  # drops the smaller half
+    set_and_relabel(qtbot, w, "min_size", big, 2)  # drops the smaller half
     assert w.relabel_count == 2
     n_big = lab.metadata["counts"][0]
     assert 0 < n_big < min(n_before, n_seed)
     assert lab.features["area_px"].min() >= big
 
     dimmest = lab.features["mean_intensity"].min()
-    w._min_bright.value = 0.8  # only objects nearly as bright as the bright ones stay
+    set_and_relabel(qtbot, w, "min_brightness", 0.8, 3)  # only objects nearly as bright as the bright ones stay
     assert w.relabel_count == 3
     n_bright = lab.metadata["counts"][0]
     assert 0 < n_bright < n_big and lab.metadata["min_brightness"] == pytest.approx(0.8)
     assert lab.features["mean_intensity"].min() > dimmest
 
-    w._merge.value = 0.0  # fragment merging off: re-labelled from the cache, never fewer objects
+    set_and_relabel(qtbot, w, "merge_fragments", 0.0, 4)  # merging off: re-labelled from the cache, never fewer
     assert w.relabel_count == 4 and lab.metadata["merge_fragments"] == 0
     assert lab.metadata["counts"][0] >= n_bright
     n_merge_off = lab.metadata["counts"][0]
 
-    w._min_conf.value = 0.99  # unsure objects dropped: never more objects
+    set_and_relabel(qtbot, w, "min_confidence", 0.99, 5)  # unsure objects dropped: never more objects
     assert w.relabel_count == 5 and lab.metadata["min_confidence"] == pytest.approx(0.99)
     assert lab.metadata["counts"][0] <= n_merge_off
     n_conf = lab.metadata["counts"][0]
 
-    w._join.value = 0.95  # join even borders the network half-sees as boundary: never more objects
+    set_and_relabel(qtbot, w, "join_weak_borders", 0.95, 6)  # join even half-seen borders: never more objects
     assert w.relabel_count == 6 and lab.metadata["join_weak_borders"] == pytest.approx(0.95)
     assert lab.metadata["counts"][0] <= n_conf
 
-    w._tile.value = 128  # probabilities depend on the tile: the cache no longer applies
-    w._prob.value = 0.3
-    assert w.relabel_count == 6
+    w.setting("tile").value = 128  # probabilities depend on the tile: the cache no longer applies
+    w.setting("prob_threshold").value = 0.3
+    assert w.worker is None and w.relabel_count == 6
 
 
 def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
 
     big = np.tile(sample, (4, 4))
     image = viewer.add_image(big, name="big")
@@ -169,7 +135,7 @@ def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):
     (np.full((64, 64), np.nan, np.float32), "no finite values"),
 ])
 def test_bad_input_gives_message(viewer, qtbot, data, message):
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
 
     viewer.add_image(data, name="bad")
     w = docked(viewer, SegmentWidget)
@@ -179,7 +145,7 @@ def test_bad_input_gives_message(viewer, qtbot, data, message):
 
 
 def test_worker_error_is_a_message(viewer, qtbot, monkeypatch):
-    import napari_cellunet._widget as widget_module
+    import napari_cellunet._napari.segment_widget as widget_module
     import napari_cellunet.stacks as stacks
 
     def broken(model, data, options=None, params=None, slice_labels=True):
@@ -195,7 +161,7 @@ def test_worker_error_is_a_message(viewer, qtbot, monkeypatch):
 
 
 def test_rgb_image_is_converted(viewer, qtbot, sample):
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
 
     crop = sample[:192, :192].astype(np.float32)
     rgb = np.stack([crop, crop * 0.5, crop * 0.2], axis=-1) / crop.max()
@@ -211,7 +177,7 @@ def test_rgb_image_is_converted(viewer, qtbot, sample):
 
 
 def test_stack_gets_per_slice_counts(viewer, qtbot, sample, monkeypatch):
-    import napari_cellunet._widget as widget_module
+    import napari_cellunet._napari.segment_widget as widget_module
     import napari_cellunet.stacks as stacks
 
     calls = []
@@ -221,7 +187,7 @@ def test_stack_gets_per_slice_counts(viewer, qtbot, sample, monkeypatch):
     w = docked(viewer, widget_module.SegmentWidget)
     run_and_wait(qtbot, w)
     lab = viewer.layers["stack labels"]
-    assert calls == [(3, 128, 128)]
+    assert [c[0] for c in calls] == [(3, 128, 128)]
     assert lab.data.shape == stack.shape and tuple(lab.scale) == (3, 0.5, 0.5)
     assert lab.metadata["counts"] == [1, 1, 1]
     assert sorted(np.unique(lab.data)) == [0, 1, 2, 3]  # every object of the stack has its own id
@@ -230,7 +196,7 @@ def test_stack_gets_per_slice_counts(viewer, qtbot, sample, monkeypatch):
 
 
 def test_result_goes_to_source_layer(viewer, qtbot, sample):
-    from napari_cellunet._widget import SegmentWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
 
     nuclei = viewer.add_image(sample, name="nuclei")
     other = viewer.add_image(sample[:64, :64], name="other")
@@ -248,7 +214,7 @@ def test_result_goes_to_source_layer(viewer, qtbot, sample):
 
 
 def test_user_layer_is_not_overwritten(viewer, qtbot, sample, monkeypatch):
-    import napari_cellunet._widget as widget_module
+    import napari_cellunet._napari.segment_widget as widget_module
     import napari_cellunet.stacks as stacks
 
     calls = []
@@ -273,7 +239,7 @@ def test_user_layer_is_not_overwritten(viewer, qtbot, sample, monkeypatch):
 
 # --------------------------------------------------------------------------- CountWidget
 def test_count_painted_labels_and_export(viewer, tmp_path):
-    from napari_cellunet._count_widget import CountWidget
+    from napari_cellunet._napari.count_widget import CountWidget
 
     yy, xx = np.indices((100, 120))
     painted = np.zeros((100, 120), np.int32)
@@ -311,7 +277,7 @@ def test_count_painted_labels_and_export(viewer, tmp_path):
 def test_count_3d_labels(viewer):
     import tifffile
 
-    from napari_cellunet._count_widget import CountWidget
+    from napari_cellunet._napari.count_widget import CountWidget
 
     mask = tifffile.imread(DATA / "mask3d.tif")
     layer = viewer.add_labels(mask, name="mask3d")
@@ -320,3 +286,23 @@ def test_count_3d_labels(viewer):
     assert w.count() == 51
     assert len(w.table) == 51 and "centroid_z" in w.table
     assert w.result.value == "51 objects (3D)"
+
+
+def test_settings_rows_come_from_the_fields(viewer):
+    """Every widget-visible setting has a row with its declared range; the model's defaults are restored."""
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+    from napari_cellunet.settings import specs
+
+    w = docked(viewer, SegmentWidget)
+    for cls in (InstanceParams, PredictOptions):
+        for name, spec in specs(cls).items():
+            if spec.widget:
+                row = w.setting(name)
+                assert row.label == spec.label or getattr(row, "text", "") == spec.label
+                if spec.low is not None:
+                    assert (row.min, row.max) == pytest.approx((spec.low, spec.high))
+    model_default = w.params().seed_threshold
+    w.setting("seed_threshold").value = 0.9
+    assert w.params().seed_threshold == pytest.approx(0.9)
+    w._restore_btn.changed.emit(True)
+    assert w.params().seed_threshold == pytest.approx(model_default)

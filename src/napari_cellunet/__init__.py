@@ -1,3 +1,3 @@
 """napari-cellunet: segment and count cells with a UNet, in napari or from the command line."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,10 +11,71 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_PIXELS = 2**31  # refuse silly sizes before allocating float copies
+STACK_AXES = "TZQ"   # leading axes a run understands (time, depth, other)
 
 
 class InputError(ValueError):
     """The array cannot be segmented as given (message says why)."""
+
+
+def label_dtype(max_id: int) -> type:
+    """The smallest unsigned type for label ids up to ``max_id`` (uint16, else uint32)."""
+    return np.uint16 if max_id < 2**16 else np.uint32
+
+
+def relabel(labels: np.ndarray, mapping: np.ndarray | None = None, keep: np.ndarray | None = None) -> np.ndarray:
+    """Ids renumbered 1..n in their order (0 stays 0), after ``mapping`` (old id -> new id) and ``keep``
+    (old id -> bool; dropped ids become 0).
+
+    The same result as ``skimage.segmentation.relabel_sequential`` (of ``mapping[labels]`` with the dropped
+    ids zeroed), in O(pixels + ids) without sorting; the smallest dtype that holds n.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    ids = np.arange(n + 1) if mapping is None else np.asarray(mapping)
+    if keep is not None:
+        ids = np.where(keep, ids, 0)
+    present = np.zeros(int(ids.max(initial=0)) + 1, bool)
+    present[ids[np.bincount(labels.ravel(), minlength=n + 1) > 0]] = True
+    present[0] = False
+    new = np.cumsum(present)
+    table = np.where(present, new, 0).astype(label_dtype(int(new[-1])))[ids]
+    return table[labels]
+
+
+def count_objects(labels: np.ndarray) -> int:
+    """Number of distinct non-zero labels."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return 0
+    if labels.dtype.kind in "ui" and labels.min() >= 0 and int(labels.max()) < 4 * labels.size + 1024:
+        return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))  # far faster than np.unique
+    ids = np.unique(labels)
+    return int((ids != 0).sum())
+
+
+def check_axes(axes: str, shape: tuple, allowed: str = STACK_AXES + "YX", name: str = "image") -> str:
+    """Axes letters for an array of ``shape``, upper-cased and checked; raises :class:`InputError`.
+
+    One letter per dimension from ``allowed``, each at most once, ending in YX,
+    with at most two stack axes (T, Z, Q) before YX.
+    """
+    axes = str(axes).strip().upper()
+    shape = tuple(shape)
+    if len(axes) != len(shape):
+        raise InputError(f"{name}: axes {axes!r} have {len(axes)} letters, the data has {len(shape)} "
+                         f"dimensions {shape}")
+    if len(set(axes)) != len(axes) or not set(axes) <= set(allowed):
+        raise InputError(f"{name}: unsupported axes {axes!r}: use {', '.join(allowed)} (T time, Z depth, "
+                         "Q other stack, C channel, S RGB), each at most once")
+    spatial = axes.replace("C", "").replace("S", "")
+    if not spatial.endswith("YX") or ("S" in axes and not axes.endswith("S")):
+        raise InputError(f"{name}: unsupported axes {axes!r}: the last two must be Y and X (only an RGB axis S "
+                         "may follow)")
+    if len(spatial) > 4:
+        raise InputError(f"{name}: unsupported axes {axes!r} (shape {shape}): at most two stack axes before YX "
+                         "(e.g. TZYX); pick a channel or give the axes")
+    return axes
 
 
 @dataclass
@@ -68,9 +129,7 @@ def select_channel(array, axes: str, channel: int | None = None, name: str = "im
     Returns ``(data, axes, note)`` with axes among T, Z, Q, Y, X.
     """
     a = array
-    axes = axes.upper()
-    if len(axes) != a.ndim:
-        raise InputError(f"{name}: axes {axes!r} do not match shape {tuple(a.shape)}")
+    axes = check_axes(axes, a.shape, allowed=STACK_AXES + "CYXS", name=name)
     notes = []
     if "C" in axes:
         c = axes.index("C")
@@ -82,16 +141,13 @@ def select_channel(array, axes: str, channel: int | None = None, name: str = "im
         axes = axes.replace("C", "")
         if n > 1:
             notes.append(f"channel {ch} of {n}")
+    elif channel not in (None, 0):
+        raise InputError(f"{name}: channel {channel} asked for, but the image has no channel axis (axes {axes!r})")
     if axes.endswith("S"):
         a = to_grey(np.asarray(a))
         axes = axes[:-1]
         notes.append("RGB converted to grey")
-    if not axes.endswith("YX"):
-        raise InputError(f"{name}: the last axes must be YX, got {axes!r}")
-    if len(axes) > 4:
-        raise InputError(f"{name}: unsupported axes {axes!r} (shape {tuple(a.shape)}): at most two axes "
-                         "before YX (e.g. TZYX); pick a channel or use --axes")
-    return a, axes, ", ".join(notes)
+    return a, check_axes(axes, a.shape, name=name), ", ".join(notes)
 
 
 def check_values(a: np.ndarray, name: str = "image") -> np.ndarray:
@@ -101,6 +157,8 @@ def check_values(a: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"{name}: unsupported data type {a.dtype} (need numbers)")
     if a.size == 0:
         raise InputError(f"{name} is empty (shape {a.shape})")
+    if a.ndim < 2:
+        raise InputError(f"{name}: need at least 2 dimensions (Y, X), got shape {a.shape}")
     if a.size > MAX_PIXELS:
         raise InputError(f"{name} is too large ({a.size:,} values); crop it or split it first")
     if min(a.shape[-2:]) < 4:

@@ -1,54 +1,88 @@
-"""Segment image files in batch (used by ``cellunet segment`` and ``cellunet demo``)."""
+"""Segment or count image files in batch (``cellunet segment``, ``cellunet count``, ``cellunet demo``).
+
+Work is never lost: every output is written under a temporary name and renamed
+when complete; two inputs with the same name get distinct outputs (``img``,
+``img-2``, ...); files this tool wrote (its labels TIFFs) are never taken for
+inputs; and ``counts.csv`` is merged by file: a run replaces the rows of the
+files it processed and keeps the others (a failed file keeps its old rows).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .arrays import InputError, check_values, guess_axes, select_channel
 from .inference import ProgressCallback, drive
-from .instances import InstanceParams
-from .measure import write_csv
+from .measure import as_instance_labels, count_rows, measure_stack, write_csv
 from .models import DEFAULT_MODEL, CellModel, load_model
-from .segment import PredictOptions
-from .stacks import count_rows, default_mode, iter_segment_stack, measure_stack
-from .tiffio import read_tiff, write_tiff
+from .settings import PredictOptions
+from .stacks import default_mode, iter_segment_stack
+from .tiffio import TIFF_SUFFIXES, read_tiff, write_tiff
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+SOFTWARE = "napari-cellunet"  # the TIFF Software tag of our outputs (so a folder's own results are skipped)
+COUNT_COLUMNS = ["file", "frame", "slice", "count", "diameter_px", "seconds"]
 
 
 class BatchError(Exception):
     """Some inputs could not be processed (message lists them)."""
 
 
+def _is_our_output(path: Path) -> bool:
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            software = tif.pages[0].tags.get("Software")
+            return software is not None and str(software.value).startswith(SOFTWARE)
+    except Exception:
+        return False
+
+
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded to their TIFF files (sorted); missing paths raise."""
+    """Files as given, folders expanded to their TIFF files (sorted, without this tool's outputs)."""
     files: list[Path] = []
     for p in inputs:
         p = Path(p)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not _is_our_output(f))
             if not found:
-                raise FileNotFoundError(f"no TIFF files in folder {p}")
+                raise FileNotFoundError(f"no TIFF files in folder {p} (other than napari-cellunet's own outputs)")
             files += found
         elif p.is_file():
             files.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return files
+    unique = list(dict.fromkeys(f.resolve() for f in files))
+    return [Path(f) for f in unique]
+
+
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """One output stem per input: its file stem, with -2, -3, ... where stems repeat (img.tif, img.tiff)."""
+    stems, seen = [], {}
+    for f in files:
+        stem = f.stem[:-4] if f.stem.lower().endswith(".ome") else f.stem
+        n = seen.get(stem.lower(), 0) + 1
+        seen[stem.lower()] = n
+        stems.append(stem if n == 1 else f"{stem}-{n}")
+    return stems
+
+
+def display_names(files: Sequence[Path]) -> list[str]:
+    """The ``file`` column of counts.csv: the file name, with its folder where two inputs share a name."""
+    names = [f.name for f in files]
+    return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in files]
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read a TIFF (or any format scikit-image reads) with a one-line error on failure."""
+    """Read a non-TIFF image (any format scikit-image reads) with a one-line error on failure."""
     try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            return tifffile.imread(path)
         from skimage.io import imread
 
         return imread(path)
@@ -56,97 +90,103 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path.name}: not a readable image ({type(err).__name__})") from err
 
 
-def instance_params(model: CellModel, **overrides) -> InstanceParams:
-    """The model's default post-processing parameters with the user's overrides (``None`` = keep)."""
-    p = model.instance_params
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(p, name, type(getattr(p, name))(value))
-    return p
+@dataclass
+class Loaded:
+    data: Any            # numpy array (axes among TZQYX); integer ids for label images
+    axes: str
+    scale: tuple         # physical size per axis
+    unit: str
+    note: str            # what was done to the input (channel picked, RGB converted)
 
 
-def load_input(path: Path, axes: str | None = None, channel: int | None = None, as_float: bool = True):
-    """Read a file; return ``(data, axes, scale per axis, unit, note)`` (axes among TZQYX).
-
-    ``as_float`` validates values and converts to float32 (images); label images keep their ids.
-    """
+def load_input(path: Path, axes: str | None = None, channel: int | None = None, as_float: bool = True) -> Loaded:
+    """Read a file's data with its axes, pixel sizes and unit (validated; images as float32)."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
             img = read_tiff(path)
         except Exception as err:
-            raise InputError(f"{path.name}: not a readable TIFF ({type(err).__name__})") from err
-        data, file_axes, scale, unit = np.asarray(img.data), img.axes, img.scale, img.unit
+            raise InputError(f"{path.name}: not a readable TIFF ({type(err).__name__}: {err})") from err
+        data, file_axes, scale, unit = img.data, img.axes, img.scale, img.unit
     else:
         data = read_image(path)
         rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
         file_axes, scale, unit = guess_axes(data.shape, rgb), {}, "pixel"
+    if 0 in tuple(data.shape):  # before the axes: an empty page's axes say nothing
+        raise InputError(f"{path.name} is empty (shape {tuple(data.shape)})")
     if axes:
-        if len(axes) != data.ndim:
-            raise InputError(f"{path.name}: --axes {axes!r} has {len(axes)} letters, image has "
-                             f"{data.ndim} dimensions {data.shape}")
         file_axes = axes.upper()
-    data, used_axes, note = select_channel(data, file_axes, channel, name=path.name)
+    data, used_axes, note = select_channel(np.asarray(data), file_axes, channel, name=path.name)
     if as_float:
         data = check_values(data, name=path.name)
-    elif not np.issubdtype(data.dtype, np.integer):
-        raise InputError(f"{path.name}: a label image needs integer ids, got {data.dtype}")
-    return data, used_axes, tuple(float(scale.get(a, 1.0)) for a in used_axes), unit, note
+    return Loaded(data, used_axes, tuple(float(scale.get(a, 1.0)) for a in used_axes), unit, note)
+
+
+def merge_counts(path: Path, rows: list[dict], done: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """``counts.csv`` with the rows of the files in ``done`` replaced by ``rows`` (other files' rows kept)."""
+    new = pd.DataFrame(rows, columns=list(columns))
+    if path.exists():
+        try:
+            old = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise InputError(f"{path} exists but is not a counts table ({type(err).__name__}); move it away") from None
+        if "file" in old:
+            old = old[~old["file"].astype(str).isin(list(done))]
+            new = pd.concat([old, new], ignore_index=True) if len(old) else new
+    return new
+
+
+def _write_counts(outdir: Path, rows: list[dict], done: Sequence[str], columns: Sequence[str]) -> None:
+    if done:
+        path = outdir / "counts.csv"
+        write_csv(merge_counts(path, rows, done, columns), path)
 
 
 def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel | None = None,
-                  diameter: float | str | None = "auto", device: str = "auto", tile: int = 256,
-                  tta: bool = False, prob_threshold=None, seed_threshold=None, min_size=None,
-                  min_brightness=None, merge_fragments=None, join_weak_borders=None, min_confidence=None,
-                  merge_over_time: bool | None = None, axes: str | None = None, mode: str = "auto",
-                  channel: int | None = None,
+                  options: PredictOptions | None = None, thresholds: dict | None = None,
+                  axes: str | None = None, mode: str = "auto", channel: int | None = None,
                   progress: ProgressCallback | None = None,
                   log: Callable[[str], None] | None = None) -> list[dict]:
     """Segment every input; write ``<stem>_labels.tif``, ``<stem>_measurements.csv`` and ``counts.csv``.
 
-    2D images, z-stacks, time-lapses and TZYX stacks (``mode``: auto, 3d, frames,
-    slices; see :mod:`napari_cellunet.stacks`). Returns one row per input file.
-    Files that fail are reported through ``log`` and skipped; if any failed,
-    :class:`BatchError` is raised after the others are written (one bad file
-    never loses the rest of a batch).
+    ``thresholds`` overrides the model's post-processing defaults (field name ->
+    value). 2D images, z-stacks, time-lapses and TZYX stacks (``mode``: auto,
+    3d, frames, slices). Returns one row per segmented file. Files that fail
+    are reported through ``log`` and skipped; if any failed, :class:`BatchError`
+    is raised after the others are written (one bad file never loses the rest).
     """
     files = expand_inputs(inputs)
     cm = model if isinstance(model, CellModel) else load_model(model or DEFAULT_MODEL)
-    params = instance_params(cm, prob_threshold=prob_threshold, seed_threshold=seed_threshold, min_size=min_size,
-                             min_brightness=min_brightness, merge_fragments=merge_fragments,
-                             join_weak_borders=join_weak_borders, min_confidence=min_confidence,
-                             merge_over_time=merge_over_time)
-    opts = PredictOptions(diameter=diameter, tile=tile, device=device, tta=tta)
+    params = replace(cm.instance_params, **(thresholds or {}))
+    opts = options or PredictOptions()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rows, count_rows_all, failures = [], [], []
-    for f in files:
+    rows, counts, failures = [], [], []
+    for f, stem, name in zip(files, output_stems(files), display_names(files)):
         t0 = time.perf_counter()
         try:
-            data, ax, scale, unit, note = load_input(f, axes, channel)
-            result = drive(iter_segment_stack(cm, data, ax, mode, scale, opts, params), progress)
-        except (InputError, ValueError) as err:
-            msg = str(err) if f.name in str(err) else f"{f.name}: {err}"
-            failures.append(msg)
+            item = load_input(f, axes, channel)
+            result = drive(iter_segment_stack(cm, item.data, item.axes, mode, item.scale, opts, params), progress)
+        except (InputError, ValueError, MemoryError) as err:
+            failures.append(str(err) if f.name in str(err) else f"{f.name}: {err}")
             if log:
-                log(f"skipped {msg}")
+                log(f"skipped {failures[-1]}")
             continue
-        labels_name = f"{f.stem}_labels.tif"
-        write_tiff(outdir / labels_name, result.labels, ax, dict(zip(ax, scale)), unit)
-        meas_name = f"{f.stem}_measurements.csv"
-        write_csv(measure_stack(result.labels, ax, result.mode, data, scale), outdir / meas_name)
+        labels_name, meas_name = f"{stem}_labels.tif", f"{stem}_measurements.csv"
+        write_tiff(outdir / labels_name, result.labels, item.axes, dict(zip(item.axes, item.scale)), item.unit,
+                   software=SOFTWARE)
+        write_csv(measure_stack(result.labels, item.axes, result.mode, item.data, item.scale), outdir / meas_name)
         seconds = time.perf_counter() - t0
         diam = round(result.segmentation.diameter, 1) if result.segmentation.diameter else None
-        per = count_rows(result.labels, ax, result.mode)
-        for r in per:
-            count_rows_all.append({"file": f.name, **r, "diameter_px": diam, "seconds": round(seconds, 2)})
+        per = count_rows(result.labels, item.axes, result.mode)
+        counts += [{"file": name, **r, "diameter_px": diam, "seconds": round(seconds, 2)} for r in per]
         total = sum(r["count"] for r in per)
-        rows.append({"file": f.name, "count": total, "labels": labels_name, "measurements": meas_name,
-                     "diameter": diam, "seconds": seconds, "axes": ax, "mode": result.mode, "note": note})
+        rows.append({"file": name, "path": str(f), "count": total, "labels": labels_name,
+                     "measurements": meas_name, "diameter": diam, "seconds": round(seconds, 3),
+                     "axes": item.axes, "mode": result.mode, "note": item.note})
         if log:
-            log(f"{f.name}: {total} objects, axes {ax}, mode {result.mode} ({seconds:.1f} s)"
-                + (f"; {note}" if note else ""))
-    write_csv(pd.DataFrame(count_rows_all, columns=["file", "frame", "slice", "count", "diameter_px", "seconds"]),
-              outdir / "counts.csv")
+            log(f"{f.name}: {total} objects, axes {item.axes}, mode {result.mode} ({seconds:.1f} s)"
+                + (f"; {item.note}" if item.note else "") + (f"; written as {stem}_*" if stem != f.stem else ""))
+    _write_counts(outdir, counts, [r["file"] for r in rows], COUNT_COLUMNS)
     if failures:
         raise BatchError(f"{len(failures)} of {len(files)} input(s) failed: " + "; ".join(failures))
     return rows
@@ -154,17 +194,21 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
 
 def count_files(inputs: Sequence[Path], outdir: Path, axes: str | None = None, mode: str = "auto",
                 log: Callable[[str], None] | None = None) -> list[dict]:
-    """Count objects in existing label images (distinct ids per image/frame/slice) -> ``counts.csv``."""
+    """Count objects in existing label images (distinct ids, or components of a binary mask) -> ``counts.csv``."""
     files = expand_inputs(inputs)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for f in files:
-        labels, ax, scale, unit, _ = load_input(f, axes, as_float=False)
-        m = default_mode(ax) if mode in (None, "auto") else mode
-        per = count_rows(labels, ax, m)
-        rows += [{"file": f.name, **r} for r in per]
+    for f, name in zip(files, display_names(files)):
+        item = load_input(f, axes, as_float=False)
+        m = default_mode(item.axes) if mode in (None, "auto") else mode
+        try:
+            labels = as_instance_labels(item.data, item.axes, m)
+        except ValueError as err:
+            raise InputError(f"{f.name}: {err}") from None
+        per = count_rows(labels, item.axes, m)
+        rows += [{"file": name, **r} for r in per]
         if log:
-            log(f"{f.name}: axes {ax}, mode {m}, {len(per)} count(s)")
-    write_csv(pd.DataFrame(rows, columns=["file", "frame", "slice", "count"]), outdir / "counts.csv")
+            log(f"{f.name}: axes {item.axes}, mode {m}, {len(per)} count(s)")
+    _write_counts(outdir, rows, display_names(files), ["file", "frame", "slice", "count"])
     return rows

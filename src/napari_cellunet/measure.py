@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,14 +10,10 @@ import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
 
+from .arrays import count_objects
+
 COLUMNS = ["label", "area_px", "area_phys", "centroid_y", "centroid_x",
            "equivalent_diameter_px", "mean_intensity"]
-
-
-def count_objects(labels: np.ndarray) -> int:
-    """Number of distinct non-zero labels."""
-    ids = np.unique(np.asarray(labels))
-    return int((ids != 0).sum())
 
 
 def measure(labels: np.ndarray, intensity: np.ndarray | None = None,
@@ -50,25 +47,68 @@ def measure(labels: np.ndarray, intensity: np.ndarray | None = None,
     return df
 
 
-def measure_slices(labels: np.ndarray, intensity: np.ndarray | None = None,
-                   scale: Sequence[float] | None = None, axis_name: str = "slice") -> pd.DataFrame:
-    """Measure each leading-axis slice of ``(N, Y, X)`` labels; adds an ``axis_name`` column."""
+def _unit_dims(axes: str, mode: str) -> int:
+    """Spatial dimensions of one counted unit: 3 for 3D objects in a z-stack, else 2."""
+    return 3 if mode == "3d" and len(axes) >= 3 and axes[-3] in "ZQ" else 2
+
+
+def _index_columns(axes: str, lead_index: tuple[int, ...]) -> dict:
+    cols = {"frame": None, "slice": None}
+    for a, i in zip(axes, lead_index):
+        cols["frame" if a == "T" else "slice"] = int(i)
+    return cols
+
+
+def as_instance_labels(labels: np.ndarray, axes: str, mode: str) -> np.ndarray:
+    """Integer instance labels: a binary mask (bool) becomes its connected components per counted unit."""
+    labels = np.asarray(labels)
+    if labels.dtype != bool:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be whole numbers or a binary mask, got {labels.dtype}")
+        return labels
+    from scipy import ndimage as ndi
+
+    unit = _unit_dims(axes.upper(), mode)
+    units = labels.reshape((-1,) + labels.shape[labels.ndim - unit:])
+    out = np.stack([ndi.label(u)[0] for u in units]) if len(units) else np.zeros(units.shape, np.int32)
+    return out.reshape(labels.shape)
+
+
+def count_rows(labels: np.ndarray, axes: str, mode: str) -> list[dict]:
+    """Counts as rows ``{frame, slice, count}``: per T (and per Z/Q slice unless 3D objects)."""
+    labels = np.asarray(labels)
+    axes = axes.upper()
+    lead = labels.shape[: labels.ndim - _unit_dims(axes, mode)]
+    return [{**_index_columns(axes, idx), "count": count_objects(labels[idx])}
+            for idx in (np.ndindex(*lead) if lead else [()])]
+
+
+def measure_stack(labels: np.ndarray, axes: str, mode: str, intensity: np.ndarray | None = None,
+                  scale: Sequence[float] | None = None) -> pd.DataFrame:
+    """Measurement table per object, with frame/slice columns for stacks (3D objects measured in 3D)."""
+    labels = np.asarray(labels)
+    axes = axes.upper()
+    unit = _unit_dims(axes, mode)
+    lead = labels.shape[: labels.ndim - unit]
+    unit_scale = None if scale is None else tuple(scale)[-unit:]
     frames = []
-    for i, lab in enumerate(labels):
-        df = measure(lab, None if intensity is None else intensity[i],
-                     None if scale is None else scale[-2:])
-        df.insert(0, axis_name, i)
+    for idx in np.ndindex(*lead) if lead else [()]:
+        df = measure(labels[idx], None if intensity is None else np.asarray(intensity)[idx], unit_scale)
+        for k, v in reversed(list(_index_columns(axes, idx).items())):
+            if v is not None:
+                df.insert(0, k, v)
         frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[axis_name, *COLUMNS])
-
-
-def counts_table(labels: np.ndarray, axis_name: str = "slice") -> pd.DataFrame:
-    """Count per leading-axis slice of ``(N, ...)`` labels."""
-    return pd.DataFrame({axis_name: np.arange(len(labels)), "count": [count_objects(l) for l in labels]})
+    return pd.concat(frames, ignore_index=True)
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``table`` to ``path`` (via a temporary file: an interrupted write never truncates it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.4g")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        table.to_csv(tmp, index=False, float_format="%.4g")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

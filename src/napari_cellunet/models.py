@@ -1,11 +1,16 @@
 """Model files: architecture + metadata + weights in one file, loaded safely.
 
-A model file is a ``torch.save`` of a plain dict (strings, numbers, lists, dicts
-and tensors only), read back with ``torch.load(weights_only=True)`` so no
-arbitrary code can run from a downloaded file::
+A model file is a `safetensors <https://github.com/huggingface/safetensors>`_
+file: the weights as raw tensors and, in its header, JSON text::
 
-    {"format": "napari-cellunet/model", "format_version": 1,
-     "config": {UNetConfig fields}, "meta": {...}, "state_dict": {...}}
+    {"format": "napari-cellunet/model", "format_version": "2",
+     "config": "{UNetConfig fields}", "meta": "{...}"}
+
+Reading it parses JSON and copies tensors, nothing else, so a model file can
+never run code, whatever the torch version. Files of format 1 (a ``torch.save``
+of the same dict, written by napari-cellunet 0.1) are still read, with
+``torch.load(weights_only=True)`` on torch >= 2.10 (the package's floor; the
+known bypasses of that loader were fixed in 2.6 and 2.10).
 
 ``meta`` holds what inference needs beside the weights (object diameter the
 model was trained at, normalisation percentiles, default thresholds) and what a
@@ -17,6 +22,7 @@ folder (``$CELLUNET_MODEL_DIR`` or the platform's user data dir), or by path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,12 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .instances import InstanceParams
+from .settings import InstanceParams, SettingError
 from .unet import UNet, UNetConfig
 
 FORMAT = "napari-cellunet/model"
-FORMAT_VERSION = 1
-SUFFIX = ".pt"
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".pt"  # format 1 (torch.save), still read
 DEFAULT_MODEL = "nuclei-fluo-2d"
 
 
@@ -107,7 +114,7 @@ def list_models() -> list[ModelEntry]:
     for source, folder in (("bundled", bundled_dir()), ("user", user_dir())):
         if not folder.is_dir():
             continue
-        for p in sorted(folder.glob(f"*{SUFFIX}")):
+        for p in sorted([*folder.glob(f"*{SUFFIX}"), *folder.glob(f"*{LEGACY_SUFFIX}")]):
             if p.stem not in seen:
                 seen.add(p.stem)
                 entries.append(ModelEntry(p.stem, p, source))
@@ -132,28 +139,38 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- save / load
+def _plain(value):
+    """numpy scalars and tuples in metadata -> JSON types."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    raise TypeError(f"model metadata must be JSON data, got {type(value).__name__}")
+
+
 def save_model(path: str | os.PathLike, net: UNet, meta: dict | None = None) -> Path:
-    """Write ``net`` and ``meta`` to ``path`` (weights stored as fp32 CPU tensors)."""
+    """Write ``net`` and ``meta`` to ``path`` as a safetensors model file (fp32 CPU weights).
+
+    Written to a temporary name and renamed, so an interrupted save never leaves a half-written model.
+    """
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": net.config.to_dict(),
-        "meta": dict(meta or {}),
-        "state_dict": state,
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written model behind
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+              "config": json.dumps(net.config.to_dict()), "meta": json.dumps(dict(meta or {}), default=_plain)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model file is as readable as any other file
+    os.replace(tmp, path)
     return path
 
 
 def user_model_path(name: str) -> Path:
     """Where a user model called ``name`` is stored (refuses bundled names and empty names)."""
     safe = _safe_name(name)
-    if (bundled_dir() / f"{safe}{SUFFIX}").exists():
+    if any((bundled_dir() / f"{safe}{suffix}").exists() for suffix in (SUFFIX, LEGACY_SUFFIX)):
         raise ModelError(f"{safe!r} is a bundled model name; choose another name")
     return user_dir() / f"{safe}{SUFFIX}"
 
@@ -186,14 +203,46 @@ def notify_models_changed() -> None:
             cb()
 
 
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _read_safetensors(raw: bytes) -> dict:
+    """Parse a safetensors file from memory (not memory-mapped: a truncated file is an error, not a crash)."""
+    from safetensors.torch import load
+
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size]).get("__metadata__") or {}
+    return {"format": header.get("format"), "format_version": header.get("format_version", 0),
+            "config": json.loads(header.get("config", "null")), "meta": json.loads(header.get("meta", "{}")),
+            "state_dict": load(raw)}
+
+
+def _read_legacy(path: Path) -> dict:
+    if tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) < (2, 10):
+        raise ModelError(f"{path.name} is an old-format model file; reading it safely needs torch >= 2.10 "
+                         f"(this is {torch.__version__})")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_model_file(path: str | os.PathLike) -> dict:
-    """Load and validate a model file's payload without building the network."""
+    """A model file's ``{format, format_version, config, meta, state_dict}`` (no network built).
+
+    Raises :class:`ModelError` for missing, corrupt, foreign or too new files.
+    """
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if _is_safetensors(path):
+            payload = _read_safetensors(path.read_bytes())
+        else:
+            payload = _read_legacy(path)
     except FileNotFoundError as err:
         raise ModelError(f"model file not found: {path}") from err
-    except Exception as err:  # corrupt zip, foreign pickle, truncated file, ...
+    except ModelError:
+        raise
+    except Exception as err:  # corrupt zip or header, foreign pickle, truncated file, ...
         raise ModelError(f"{path.name} is not a readable napari-cellunet model "
                          f"(corrupt or foreign file: {type(err).__name__})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -204,16 +253,42 @@ def read_model_file(path: str | os.PathLike) -> dict:
     return payload
 
 
+QUOTED = r'"[^"]+"'
+
+
+def _mismatch(err: Exception) -> str:
+    """One line for a state-dict mismatch (torch's message lists every key)."""
+    text = str(err)
+    parts = []
+    for label, key in (("missing", "Missing key(s) in state_dict:"), ("unexpected", "Unexpected key(s) in state_dict:")):
+        if key in text:
+            listed = text.split(key, 1)[1].split("\n", 1)[0]
+            parts.append(f"{len(re.findall(QUOTED, listed))} {label}")
+    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (\S+) from checkpoint, "
+                       r"the shape in current model is (\S+)", text)
+    if sizes:
+        name, got, want = sizes[0]
+        parts.append(f"{len(sizes)} of another shape, e.g. {name}: {got[:-1]} in the file, {want[:-1]} expected")
+    return ("weights: " + "; ".join(parts)) if parts else text.strip().splitlines()[0][:160]
+
+
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> CellModel:
-    """Load a model by name or path; raises :class:`ModelError` with a clear message."""
+    """Load a model by name or path; raises :class:`ModelError` with a clear one-line message."""
     path = resolve(name_or_path)
     payload = read_model_file(path)
     try:
         config = UNetConfig.from_dict(payload["config"])
-        net = UNet(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ModelError(f"{path.name}: invalid architecture in the file ({err})") from err
+    net = UNet(config)
+    try:
         net.load_state_dict(payload["state_dict"])
-    except Exception as err:
-        raise ModelError(f"{path.name}: weights do not match the stored architecture ({err})") from err
+    except RuntimeError as err:
+        raise ModelError(f"{path.name}: the weights do not match the stored architecture ({_mismatch(err)})") from None
     net.eval()
-    meta = dict(payload.get("meta", {}))
+    meta = dict(payload.get("meta") or {})
+    try:
+        InstanceParams.from_dict(meta.get("instance_params"))
+    except (SettingError, TypeError) as err:
+        raise ModelError(f"{path.name}: invalid post-processing defaults in the file ({err})") from None
     return CellModel(name=meta.get("name", path.stem), net=net, meta=meta, path=path)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrays import check_values, count_objects
 from .inference import Progress, drive, iter_predict, normalize_percentile, resize_spatial
-from .instances import InstanceParams, probabilities_to_labels, typical_size
 from .models import CellModel
+from .postprocess import default_min_size, labels_from_probabilities  # noqa: F401 (default_min_size: re-export)
+from .settings import AUTO, InstanceParams, PredictOptions
 
-AUTO = "auto"
+__all__ = ["AUTO", "PredictOptions", "Segmentation", "iter_estimate_diameter", "iter_segment",
+           "labels_from_probabilities", "median_diameter", "normalize_for_model", "segment"]
+
 ESTIMATION_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # model px per image px tried by "auto"
 ESTIMATION_CROP = 256  # model pixels per side of the crop used to estimate the diameter (one 256-px tile)
 ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this factor of the trained size
@@ -29,20 +33,6 @@ ESTIMATION_TOLERANCE = 1.5  # accept a scale whose objects are within this facto
 MERGE_RATIOS = (2.0, 8.0)
 FINER_AGREES = 2.0  # ...or the next finer scale measures a size off by more than this factor
 REFINE_BEYOND = 1.3  # a last pass at the implied scale only when the objects were off the trained size by more
-
-
-@dataclass
-class PredictOptions:
-    """How to run the network (not the post-processing)."""
-
-    diameter: float | str | None = AUTO  # pixels, "auto", or None (= use the image as is)
-    tile: int = 256
-    overlap: float = 0.25
-    batch_size: int = 4
-    device: str = "auto"
-    precision: str = "auto"
-    tta: bool = False
-    normalize_group: int = 1  # consecutive slices normalised together (a z-stack's Z: one volume, one scale)
 
 
 @dataclass
@@ -56,9 +46,7 @@ class Segmentation:
 
     @property
     def counts(self) -> list[int]:
-        if self.labels is None:
-            return []
-        return [int(len(np.unique(lab)) - (1 if (lab == 0).any() else 0)) for lab in self.labels]
+        return [] if self.labels is None else [count_objects(lab) for lab in self.labels]
 
 
 def median_diameter(labels: np.ndarray) -> float | None:
@@ -78,28 +66,6 @@ def median_diameter(labels: np.ndarray) -> float | None:
     cum = np.cumsum(areas)
     median_area = areas[np.searchsorted(cum, cum[-1] / 2)]
     return float(np.sqrt(4 * median_area / np.pi))
-
-
-def default_min_size(diameter: float | None, dims: int = 2) -> int:
-    """Objects below 10% of a typical object's area (or volume) are dropped."""
-    if not diameter:
-        return 10
-    return max(4, int(0.1 * typical_size(diameter, dims)))
-
-
-def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
-                              diameter: float | None = None) -> np.ndarray:
-    """Per-slice instance labels from ``(N, classes, *spatial)`` probabilities.
-
-    ``params.min_size <= 0`` means: derive it from ``diameter``.
-    """
-    dims = probs.ndim - 2
-    if params.min_size <= 0:
-        params = replace(params, min_size=default_min_size(diameter, dims))
-    out = [probabilities_to_labels(p, params, diameter) for p in probs]
-    n = max((int(o.max()) for o in out), default=0)
-    dtype = np.uint16 if n < 2**16 else np.uint32
-    return np.stack(out).astype(dtype) if out else np.zeros((0,), dtype)
 
 
 def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: PredictOptions,
@@ -232,14 +198,9 @@ def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions |
     """
     opts = options or PredictOptions()
     params = params or model.instance_params
-    x = normalize_for_model(model, images, opts.normalize_group)
+    x = normalize_for_model(model, check_values(images, "images"), opts.normalize_group)
     trained = model.diameter
-    diameter = opts.diameter
-    if isinstance(diameter, str) and diameter != AUTO:
-        diameter = float(diameter)
-    if diameter is not None and diameter != AUTO and diameter <= 0:
-        diameter = AUTO
-
+    diameter = opts.diameter  # "auto", None or pixels (PredictOptions checked it)
     if trained is None or diameter is None:
         probs = yield from _predict_at(model, x, 1.0, opts)
         used = None

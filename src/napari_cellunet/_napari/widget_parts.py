@@ -7,25 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Label
 from napari.utils.notifications import show_error, show_info
 
-from .measure import write_csv
+from .. import log
+from ..measure import write_csv
 
 if TYPE_CHECKING:
     import napari
 
 
-def layer_data(layer) -> Any:
+def full_resolution(layer) -> Any:
     """Full-resolution data of a (possibly multiscale) layer."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-def sub_form(*widgets) -> Container:
-    """A labelled sub-form (the outer container is unlabelled so results span its width)."""
-    form = Container(widgets=list(widgets), labels=True)
-    form.margins = (0, 0, 0, 0)
-    return form
 
 
 def wrapping_label(value: str = "", big: bool = False) -> Label:
@@ -79,6 +73,7 @@ class Messages:
 
     def _fail(self, message: str) -> None:
         self.status.value = message
+        log.warning(message)
         show_error(message)
 
     def _write_table(self, table: pd.DataFrame, path: str | Path | None) -> Path | None:

@@ -15,17 +15,19 @@ from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_info
 
-from ._widget_parts import Failure, LayerChoices, WorkerControls, layer_data, sub_form, wrapping_label
-from .arrays import InputError, as_slices
-from .inference import Progress
-from .models import (DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, notify_models_changed,
+from .forms import SettingsForm, section
+from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
+from .. import log
+from ..arrays import InputError, as_slices
+from ..inference import Progress
+from ..models import (DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, notify_models_changed,
                      user_model_path)
-from .training import AugmentConfig, TrainConfig, TrainState, iter_train
+from ..settings import FINE_TUNE_IN_NAPARI, AugmentConfig, TrainConfig
+from ..training import TrainState, iter_train
 
 if TYPE_CHECKING:
     import napari
 
-VAL_EVERY = 50  # steps between validations (about a minute on a laptop CPU)
 SAME_AS_START = "as the start model"
 OBJECT_CONTRAST = {SAME_AS_START: None, "bright on dark (fluorescence)": False,
                    "dark on light (brightfield, H&E)": True}
@@ -33,8 +35,8 @@ OBJECT_CONTRAST = {SAME_AS_START: None, "bright on dark (fluorescence)": False,
 
 def annotated_slices(image_layer: Image, labels_layer: Labels) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, labels) 2D pairs from two layers; slices without any label are skipped."""
-    slices = as_slices(layer_data(image_layer), rgb=image_layer.rgb, name=image_layer.name)
-    labels = np.asarray(layer_data(labels_layer))
+    slices = as_slices(full_resolution(image_layer), rgb=image_layer.rgb, name=image_layer.name)
+    labels = np.asarray(full_resolution(labels_layer))
     if labels.shape != slices.spatial_shape:
         raise InputError(f"labels {labels_layer.name!r} {labels.shape} do not match image "
                          f"{image_layer.name!r} {slices.spatial_shape}")
@@ -54,8 +56,8 @@ def split_pairs(pairs: list, val_share: float, seed: int = 0) -> tuple[list, lis
 def _train_job(train, val, out_path, cfg: TrainConfig, init: CellModel, meta: dict):
     try:
         return (yield from iter_train(train, val, out_path, cfg, init=init, meta=meta))
-    except Exception as err:  # shown as a message, never as a traceback
-        return Failure(f"training failed: {str(err) or type(err).__name__}")
+    except Exception as err:  # shown as a message (traceback in the log), never as a traceback
+        return Failure(log.failure("training failed", err))
 
 
 class TrainWidget(Container, LayerChoices, WorkerControls):
@@ -82,7 +84,8 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
                                  tooltip="bright objects (fluorescence) or dark objects on a light background "
                                          "(brightfield, H&E: the model sees the inverted image)")
         self._name = LineEdit(label="new model name", value="my-model")
-        self._minutes = FloatSpinBox(label="time budget (min)", value=5.0, min=0.05, max=600, step=1)
+        self.train_form = SettingsForm(TrainConfig, values=FINE_TUNE_IN_NAPARI)
+        self._minutes = self.train_form["minutes"]
         self._val_share = FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.5, step=0.05,
                                        tooltip="share of the annotated slices held out to score the model")
         self._start_btn = self._train_btn = PushButton(text="Train")
@@ -91,9 +94,10 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
         buttons.margins = (0, 0, 0, 0)
         self.result = wrapping_label("–", big=True)
         self.status = wrapping_label()
-        self.extend([sub_form(self._image, self._labels), pair_buttons, self.pairs_text,
-                     sub_form(self._init, self._objects, self._name, self._minutes, self._val_share), buttons,
-                     self.result, self.status])
+        _, pair = section("training pair", [self._image, self._labels])
+        _, run = section("fine-tune", [self._init, self._objects, self._name, *self.train_form.widgets.values(),
+                                       self._val_share])
+        self.extend([pair, pair_buttons, self.pairs_text, run, buttons, self.result, self.status])
         if DEFAULT_MODEL in self._init.choices:
             self._init.value = DEFAULT_MODEL
         self._add_btn.changed.connect(lambda: self.add_pair())
@@ -155,8 +159,8 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
             return None
         train, val = split_pairs(pairs, float(self._val_share.value))
         crop = int(min(256, max(64, min(min(i.shape) for i, _ in train) // 16 * 16)))
-        cfg = TrainConfig(minutes=float(self._minutes.value), batch_size=4, val_every=VAL_EVERY,
-                          lr=5e-4, augment=AugmentConfig(crop=crop), invert=OBJECT_CONTRAST[self._objects.value])
+        cfg = self.train_form.build(TrainConfig(**FINE_TUNE_IN_NAPARI, augment=AugmentConfig(crop=crop),
+                                              invert=OBJECT_CONTRAST[self._objects.value]))
         meta = {"name": out_path.stem, "description": f"fine-tuned from {init.name} in napari",
                 "training_data": ", ".join(f"{i.name} + {lab.name}" for i, lab in self._pairs),
                 "training_command": f"napari Train widget: {len(train)} train / {len(val)} val slices, "
@@ -166,7 +170,7 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
         worker = thread_worker(_train_job, start_thread=False)(train, val, out_path, cfg, init, meta)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(lambda err: self._fail(f"training failed: {err}"))
+        worker.errored.connect(lambda err: self._fail(log.failure("training failed", err)))
         worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled: no model saved"))
         worker.finished.connect(self._on_finished)
         self._worker = worker

@@ -1,4 +1,9 @@
-"""npe2 reader: TIFF (ImageJ hyperstack, OME-TIFF, plain) -> napari layers with scale and axes."""
+"""npe2 reader: TIFF (ImageJ hyperstack, OME-TIFF, plain) -> napari layers with scale, units and axes.
+
+Every series of a file becomes a layer (a multi-series file says so in the layer
+names); integer files named like labels (``*label*``, ``*mask*``, ``*seg*``)
+open as Labels. Big files open lazily.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiffio import TiffImage, read_tiff
+from ..tiffio import TIFF_SUFFIXES, TiffImage, read_tiff
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 LABEL_HINTS = ("label", "mask", "seg")
 
 
@@ -24,21 +28,23 @@ def read_layers(path) -> list[tuple]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     out = []
     for p in paths:
-        out += layer_data(read_tiff(p), source=str(p))
+        first = read_tiff(p)
+        out += layer_tuples(first, source=str(p))
+        for series in range(1, first.n_series):
+            out += layer_tuples(read_tiff(p, series=series), source=str(p))
     return out
 
 
-def layer_data(img: TiffImage, source: str = "") -> list[tuple]:
+def layer_tuples(img: TiffImage, source: str = "") -> list[tuple]:
     """LayerData tuples: channels split via ``channel_axis``; integer '*label*/*mask*' files as Labels."""
-    axes = img.axes
-    data = img.data
-    rgb = img.rgb
+    axes, data, rgb = img.axes, img.data, img.rgb
     layer_axes = axes.replace("C", "").replace("S", "")
     kwargs: dict = {
         "name": img.name,
         "scale": img.scale_for(layer_axes),
+        "units": img.units_for(layer_axes),
         "axis_labels": tuple(a.lower() for a in layer_axes),
-        "metadata": {"axes": layer_axes, "unit": img.unit, "source": source},
+        "metadata": {"axes": layer_axes, "unit": img.unit, "source": source, "series": img.series},
     }
     is_labels = (np.issubdtype(data.dtype, np.integer) and not rgb
                  and any(h in img.name.lower() for h in LABEL_HINTS))

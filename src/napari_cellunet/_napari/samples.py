@@ -5,7 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-SAMPLE_PATH = Path(str(resources.files("napari_cellunet") / "data" / "nuclei_2d.tif"))
+SAMPLE_DIR = Path(str(resources.files("napari_cellunet") / "data"))
+SAMPLE_PATH = SAMPLE_DIR / "nuclei_2d.tif"
 SAMPLE_SOURCE = "StarDist test image (BSD-3) from the DSB2018 nuclei set (CC0)"
 SAMPLE_COUNT = 125  # annotated nuclei in the ground truth
 
@@ -21,21 +22,20 @@ def sample_nuclei_2d():
     return [(load_sample_image(), {"name": "nuclei", "colormap": "gray"}, "image")]
 
 
-def _read_sample(name: str):
-    from .tiffio import read_tiff
+def _sample(file: str, name: str, axes: str) -> list[tuple]:
+    from ..tiffio import read_tiff
 
-    return read_tiff(SAMPLE_PATH.parent / name)
+    img = read_tiff(SAMPLE_DIR / file)
+    return [(img.data, {"name": name, "scale": img.scale_for(axes), "units": img.units_for(axes),
+                        "axis_labels": tuple(axes.lower()), "metadata": {"axes": axes, "unit": img.unit},
+                        "colormap": "gray"}, "image")]
 
 
 def sample_nuclei_3d():
     """npe2 sample_data: a 3D nuclei z-stack (cells3d crop) with its voxel size."""
-    img = _read_sample("nuclei_3d.tif")
-    return [(img.data, {"name": "nuclei 3d", "scale": img.scale_for("ZYX"), "axis_labels": ("z", "y", "x"),
-                        "metadata": {"axes": "ZYX", "unit": img.unit}, "colormap": "gray"}, "image")]
+    return _sample("nuclei_3d.tif", "nuclei 3d", "ZYX")
 
 
 def sample_timelapse_2d():
     """npe2 sample_data: a 2D nuclei time-lapse (TYX)."""
-    img = _read_sample("timelapse_2d.tif")
-    return [(img.data, {"name": "timelapse", "axis_labels": ("t", "y", "x"),
-                        "metadata": {"axes": "TYX"}, "colormap": "gray"}, "image")]
+    return _sample("timelapse_2d.tif", "timelapse", "TYX")

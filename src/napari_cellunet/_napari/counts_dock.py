@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import Container, FileEdit, Label, PushButton, Table
 
-from ._widget_parts import Messages
+from .widget_parts import Messages
 
 
 def counts_frame(rows: list[dict], measurements: pd.DataFrame) -> pd.DataFrame:
@@ -30,11 +30,24 @@ def counts_frame(rows: list[dict], measurements: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
+def theme_colours(viewer=None) -> dict[str, str]:
+    """Background, foreground and accent colours of the viewer's napari theme (light or dark)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        name = viewer.theme if viewer is not None else "dark"
+        theme = get_theme(name)
+        return {"background": theme.background.as_hex(), "foreground": theme.text.as_hex(), "accent": "tab:orange"}
+    except Exception:  # an older/newer napari without these theme fields: matplotlib's defaults
+        return {"background": "white", "foreground": "black", "accent": "tab:orange"}
+
+
 class CountsDock(Container, Messages):
     """Table + plot of counts per frame (or slice) of one segmented image, with CSV export."""
 
-    def __init__(self) -> None:
+    def __init__(self, viewer=None) -> None:
         super().__init__(labels=False)
+        self._viewer = viewer
         self.counts: pd.DataFrame | None = None
         self.title = Label(value="–")
         self._plot_box = Container(labels=False)
@@ -58,10 +71,16 @@ class CountsDock(Container, Messages):
         self._canvas = FigureCanvasQTAgg(self.figure)
         self._canvas.setMinimumHeight(150)
         self._plot_box.native.layout().addWidget(self._canvas)
+        if viewer is not None:
+            viewer.events.theme.connect(self._replot)
+
+    def _replot(self, *_) -> None:
+        if self.counts is not None:
+            self.set_counts(self.counts, self.title.value, self._noun)
 
     def set_counts(self, counts: pd.DataFrame, title: str, noun: str = "objects") -> None:
         """Show ``counts`` (columns frame and/or slice, count, mean areas) and plot count vs frame/slice."""
-        self.counts = counts
+        self.counts, self._noun = counts, noun
         self.title.value = title
         shown = counts.round(2)
         self._table.value = {"data": shown.astype(object).values.tolist(), "index": list(range(len(shown))),
@@ -70,14 +89,20 @@ class CountsDock(Container, Messages):
             self._table.native.resizeColumnsToContents()
         x = "frame" if "frame" in counts else "slice"
         per = counts.groupby(x)["count"].sum() if x in counts else counts["count"]
+        colours = theme_colours(self._viewer)
         ax = self._ax
         ax.clear()
-        ax.plot(per.index, per.values, "o-", color="tab:orange")
-        ax.set_xlabel(x)
+        self.figure.set_facecolor(colours["background"])
+        ax.set_facecolor(colours["background"])
+        ax.plot(per.index, per.values, "o-", color=colours["accent"])
+        ax.set_xlabel(x, color=colours["foreground"])
         summed = "frame" in counts and "slice" in counts
-        ax.set_ylabel(f"{noun} (sum over slices)" if summed else noun)
+        ax.set_ylabel(f"{noun} (sum over slices)" if summed else noun, color=colours["foreground"])
+        ax.tick_params(colors=colours["foreground"])
+        for spine in ax.spines.values():
+            spine.set_color(colours["foreground"])
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, color=colours["foreground"])
         self._canvas.draw_idle()
 
     def export(self, path: str | Path | None = None) -> Path | None:

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .measure import measure, measure_slices, write_csv
-from .tiffio import write_tiff
+from ..arrays import label_dtype
+from ..measure import measure_stack, write_csv
+from ..stacks import default_mode
+from ..tiffio import write_tiff
 
 DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX"}
 
@@ -29,20 +31,19 @@ def write_labels_tiff(path: str, data, attributes: dict) -> list[str]:
     scale = dict(zip(axes, attributes.get("scale") or [1.0] * data.ndim))
     scale = {a: float(s) for a, s in scale.items() if a in "TZYX"}
     unit = (attributes.get("metadata") or {}).get("unit", "pixel")
-    dtype = np.uint16 if data.max(initial=0) < 2**16 else np.uint32
-    write_tiff(path, data.astype(dtype), axes.replace("Q", "Z") if axes.count("Q") == 1 else axes, scale, unit)
+    data = data.astype(label_dtype(int(data.max(initial=0))))
+    write_tiff(path, data, axes.replace("Q", "Z") if axes.count("Q") == 1 else axes, scale, unit)
     return [path]
 
 
 def write_labels_csv(path: str, data, attributes: dict) -> list[str]:
-    """The layer's measurement table (its ``features`` if present, else measured now)."""
+    """The layer's measurement table (its ``features`` if present, else measured now, per frame/slice)."""
     features = attributes.get("features")
     if isinstance(features, pd.DataFrame) and len(features):
-        table = features
+        table = features.drop(columns="index", errors="ignore")
     else:
         data = np.asarray(data)
-        scale = attributes.get("scale")
-        table = measure(data, scale=scale) if data.ndim in (2, 3) else measure_slices(
-            data.reshape((-1,) + data.shape[-2:]), scale=scale)
+        axes = _axes(data, attributes)
+        table = measure_stack(data, axes, default_mode(axes), scale=attributes.get("scale"))
     write_csv(table, Path(path))
     return [path]

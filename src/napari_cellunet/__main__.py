@@ -1,0 +1,7 @@
+"""``python -m napari_cellunet`` = the ``cellunet`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""Probabilities -> instance labels, one 2D slice or 3D volume at a time.
+
+Seeds are the connected components of the thresholded *interior* probability
+(boundaries between touching cells are predicted as a separate class, so
+touching cells give separate seeds); components that still join several cells
+are split at peaks of their distance transform. Seeds are grown back over the
+foreground (1 - p_background) by a watershed, so each cell gets its full extent
+and touching cells stay apart. Models with a distance output (distance to the
+object border, 1 at its centre) take their seeds and watershed landscape from
+it instead. The object-level steps after the watershed (merging fragments,
+dropping unsure objects, joining weak borders) are in :mod:`.objects`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from ..arrays import relabel
+from ..settings import InstanceParams
+from .objects import drop_unconfident, join_weak_borders, merge_fragments
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+DISTANCE = 3  # optional output after the classes: distance to the object border, 1 at its centre
+
+
+def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split seed components at peaks of their (smoothed) distance transform.
+
+    Touching cells whose interiors still touch form one component; its distance
+    transform has one peak per cell, at least ~0.4 diameters apart. Components
+    without a clear peak keep one seed. Returns (seeds, watershed landscape).
+    Peaks are searched once over the whole image (a per-component search is
+    several times slower on images with hundreds of nuclei; a peak suppressed by
+    a neighbour's only means its component keeps one seed).
+    """
+    from skimage.feature import peak_local_max
+
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(pieces > 0).astype(np.float32), 1.0,
+                               output=np.float32)
+    min_distance = max(2, int(round(0.4 * diameter)))
+    peaks = peak_local_max(dist, min_distance=min_distance, exclude_border=False)
+    if len(peaks):
+        peaks = peaks[pieces[tuple(peaks.T)] > 0]
+    seeds = np.zeros(pieces.shape, dtype=np.int32)
+    seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    has_peak = np.zeros(int(pieces.max()) + 1, dtype=bool)
+    has_peak[pieces[tuple(peaks.T)]] = True
+    orphans = ~has_peak[pieces] & (pieces > 0)
+    seeds = np.where(orphans, pieces + len(peaks), seeds)
+    return seeds, -dist
+
+
+def typical_size(diameter: float, dims: int = 2) -> float:
+    """Area (2D) or volume (3D) of a round object of ``diameter`` pixels."""
+    return math.pi / 6 * diameter**3 if dims == 3 else math.pi / 4 * diameter**2
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop labels smaller than ``min_size`` and relabel 1..N sequentially."""
+    labels = np.asarray(labels)
+    if labels.max() == 0:
+        return labels.astype(np.uint16)
+    sizes = np.bincount(labels.ravel())
+    return relabel(labels, keep=sizes >= min_size)
+
+
+def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = None,
+                            diameter: float | None = None) -> np.ndarray:
+    """Instance labels from ``(3, *spatial)`` probabilities (background, interior, boundary) [+ distance].
+
+    Seeds are connected components of the interior; with ``diameter`` (pixels)
+    and ``params.split_touching`` they are further split at distance-transform
+    peaks (:func:`split_by_distance`). With a predicted distance (a fourth
+    channel), seeds come from it instead of the interior (split the same way),
+    and it is the watershed landscape: it dips between touching cells even where
+    no boundary is predicted. Foreground blobs without a seed count as one
+    object each. Seeds grow over the foreground by watershed; then, with
+    ``diameter``, fragments are merged (:func:`merge_fragments`), and objects the
+    network is unsure of are dropped (:func:`drop_unconfident`).
+    """
+    p = params or InstanceParams()
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.ndim < 3 or probs.shape[0] < 2:
+        raise ValueError(f"expected (classes, *spatial) probabilities, got shape {probs.shape}")
+    interior = probs[INTERIOR]
+    distance = probs[DISTANCE] if probs.shape[0] > DISTANCE else None
+    foreground = (1.0 - probs[BACKGROUND]) > p.prob_threshold
+    seed_map = interior if distance is None else distance
+    seeds, n = ndi.label((seed_map > p.seed_threshold) & foreground)
+    if n and p.min_seed_size > 1:
+        seeds = remove_small(seeds, p.min_seed_size).astype(np.int32)
+        n = int(seeds.max())
+    landscape = -seed_map
+    if n and diameter and p.split_touching:
+        seeds, transform_landscape = split_by_distance(seeds, diameter)
+        if distance is None:
+            landscape = transform_landscape
+        n = int(seeds.max())
+    # Foreground blobs that contain no seed still count as one object each.
+    blobs, n_blobs = ndi.label(foreground)
+    seeded = np.zeros(n_blobs + 1, dtype=bool)
+    seeded[blobs[seeds > 0]] = True
+    seeded[0] = True
+    if not seeded.all():
+        orphans = ~seeded[blobs]
+        seeds = np.where(orphans, blobs + n, seeds)
+    if seeds.max() == 0:
+        return np.zeros(interior.shape, dtype=np.uint16)
+    labels = watershed(landscape, seeds, mask=foreground)
+    if diameter and p.merge_fragments > 0:
+        # the share is of a typical area; in 3D the volume share of a piece of the same linear size
+        share = p.merge_fragments ** (interior.ndim / 2)
+        labels = merge_fragments(labels, share * typical_size(diameter, interior.ndim))
+    labels = drop_unconfident(labels, interior, p.min_confidence)
+    labels = remove_small(labels, p.min_size)
+    if distance is not None and interior.ndim == 2:  # (3D: a 2D model's boundary is per slice, not across z)
+        labels = join_weak_borders(labels, probs[BOUNDARY], distance, p.join_weak_borders)
+    return labels
+
+
+def default_min_size(diameter: float | None, dims: int = 2) -> int:
+    """Objects below 10% of a typical object's area (or volume) are dropped."""
+    if not diameter:
+        return 10
+    return max(4, int(0.1 * typical_size(diameter, dims)))
+
+
+def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
+                              diameter: float | None = None) -> np.ndarray:
+    """Per-slice instance labels from ``(N, classes, *spatial)`` probabilities.
+
+    ``params.min_size <= 0`` means: derive it from ``diameter``.
+    """
+    dims = probs.ndim - 2
+    if params.min_size <= 0:
+        params = replace(params, min_size=default_min_size(diameter, dims))
+    out = [probabilities_to_labels(p, params, diameter) for p in probs]
+    n = max((int(o.max()) for o in out), default=0)
+    dtype = np.uint16 if n < 2**16 else np.uint32
+    return np.stack(out).astype(dtype) if out else np.zeros((0,), dtype)
