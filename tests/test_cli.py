@@ -156,3 +156,17 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
     noise = {k: trained.meta["train_config"]["augment"][k] for k in ("noise_std", "shot_noise_prob", "quantize_prob")}
     assert noise == {"noise_std": 0.2, "shot_noise_prob": 0.3, "quantize_prob": 0.1}
     assert trained.instance_params == load_model("nuclei-fluo-2d").instance_params
+
+
+def test_json_summary_and_quiet(tmp_path, sample, capsys):
+    import json
+
+    tifffile.imwrite(tmp_path / "a.tif", sample[:128, :128])
+    assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--json", "-q",
+                 "--diameter", "20"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["images"] == 1 and summary["files"][0]["count"] == summary["objects"] > 0
+    assert summary["files"][0]["labels"] == "a_labels.tif" and captured.err == ""
+    assert main(["count", str(tmp_path / "out" / "a_labels.tif"), "-o", str(tmp_path / "c"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["objects"] == summary["objects"]

@@ -52,3 +52,31 @@ def test_writers_keep_scale_and_measure(tmp_path):
     write_labels_csv(str(tmp_path / "l.csv"), lab, attrs)
     table = pd.read_csv(tmp_path / "l.csv")
     assert len(table) == 2 and table.area_phys.max() == pytest.approx(25 * 0.5)
+
+
+def test_ome_units_are_converted_and_labels_stay_grey(tmp_path):
+    a = np.zeros((4, 16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "u.ome.tif", a, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.5,
+                               "PhysicalSizeYUnit": "µm", "PhysicalSizeZ": 2000.0, "PhysicalSizeZUnit": "nm"})
+    img = read_tiff(tmp_path / "u.ome.tif")
+    assert img.scale_for("ZYX") == pytest.approx((2.0, 0.5, 0.5)) and img.unit == "µm"  # nm -> µm: 4x, not 4000x
+    assert img.units_for("ZYX") == ("µm", "µm", "µm")
+    (data, kw, _), = get_reader(str(tmp_path / "u.ome.tif"))(str(tmp_path / "u.ome.tif"))
+    assert kw["units"] == ("µm", "µm", "µm") and kw["scale"] == pytest.approx((2.0, 0.5, 0.5))
+    labels = np.zeros((3, 20, 20), np.uint32)  # 3 planes: must stay 3 grey planes, not one RGB page
+    labels[1, 3:6, 3:6] = 9
+    write_tiff(tmp_path / "z_labels.tif", labels, "ZYX", {"Z": 1.0, "X": 0.5, "Y": 0.5})
+    back = read_tiff(tmp_path / "z_labels.tif")
+    assert back.axes == "ZYX" and back.data.shape == (3, 20, 20) and back.data[1, 4, 4] == 9
+
+
+def test_every_series_is_offered(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "multi.ome.tif", ome=True) as tif:
+        tif.write(np.zeros((16, 16), np.uint16), metadata={"axes": "YX"})
+        tif.write(np.ones((3, 8, 8), np.uint16), metadata={"axes": "ZYX"})
+    layers = get_reader(str(tmp_path / "multi.ome.tif"))(str(tmp_path / "multi.ome.tif"))
+    assert [d.shape for d, _, _ in layers] == [(16, 16), (3, 8, 8)]
+    assert layers[1][1]["name"] == "multi [series 1]" and layers[1][1]["metadata"]["series"] == 1
+    with pytest.raises(ValueError, match="series 5"):
+        read_tiff(tmp_path / "multi.ome.tif", series=5)

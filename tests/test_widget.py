@@ -306,3 +306,59 @@ def test_settings_rows_come_from_the_fields(viewer):
     assert w.params().seed_threshold == pytest.approx(0.9)
     w._restore_btn.changed.emit(True)
     assert w.params().seed_threshold == pytest.approx(model_default)
+
+
+def test_count_labels_per_frame_writes_features(viewer):
+    from napari_cellunet._napari.count_widget import CountWidget
+
+    frames = np.zeros((3, 40, 40), np.int32)  # 2 cells in each of 3 frames
+    frames[:, 5:10, 5:10], frames[:, 20:30, 20:30] = 1, 2
+    layer = viewer.add_labels(frames, name="tracked", axis_labels=("t", "y", "x"))
+    viewer.layers.selection.active = layer
+    w = docked(viewer, CountWidget)
+    assert w._labels.value is layer and w._axes.value == "TYX"  # the active layer, its axes
+    assert w.count() == 6
+    assert w.result.value == "6 objects in 3 frames (2, 2, 2)"
+    assert list(layer.features["frame"]) == [0, 0, 1, 1, 2, 2] and "area_px" in layer.features
+    np.testing.assert_array_equal(layer.data, frames)  # the labels are not touched
+    w._axes.value = "ZYX"
+    assert w.count() == 2 and w.result.value == "2 objects (3D)"
+
+
+def test_worker_errors_are_logged_with_traceback(viewer, qtbot, monkeypatch, tmp_path):
+    import napari_cellunet.stacks as stacks
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+    from napari_cellunet.log import log_path
+
+    def broken(model, data, options=None, params=None, slice_labels=True):
+        yield from ()
+        raise RuntimeError("something deep broke")
+
+    monkeypatch.setattr(stacks, "iter_segment", broken)
+    viewer.add_image(np.ones((64, 64), np.float32), name="img")
+    w = docked(viewer, SegmentWidget)
+    run_and_wait(qtbot, w)
+    assert w.status.value == "segmentation failed: something deep broke"
+    text = log_path().read_text()
+    assert "Traceback" in text and "something deep broke" in text and "broken" in text
+
+
+def test_active_image_is_preselected_and_plot_follows_the_theme(viewer, qtbot, monkeypatch):
+    import napari_cellunet.stacks as stacks
+    from napari_cellunet._napari.counts_dock import theme_colours
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+
+    monkeypatch.setattr(stacks, "iter_segment", fake_segmenter([]))
+    viewer.add_image(np.zeros((64, 64), np.float32), name="first")
+    movie = viewer.add_image(np.ones((3, 96, 96), np.float32), name="movie", axis_labels=("t", "y", "x"))
+    viewer.layers.selection.active = movie
+    w = docked(viewer, SegmentWidget)
+    assert w._image.value is movie and w._axes.value == "TYX"
+    run_and_wait(qtbot, w)
+    dock = w.counts_dock(movie)
+    from matplotlib.colors import to_hex
+
+    assert to_hex(dock.figure.get_facecolor()) == to_hex(theme_colours(viewer)["background"])
+    viewer.theme = "light"
+    assert to_hex(dock.figure.get_facecolor()) == to_hex(theme_colours(viewer)["background"])
+    assert theme_colours(viewer)["background"] != theme_colours(None)["background"]

@@ -20,14 +20,18 @@ import pandas as pd
 
 from .arrays import InputError, check_values, guess_axes, select_channel
 from .inference import ProgressCallback, drive
-from .measure import as_instance_labels, count_rows, measure_stack, write_csv
+from .measure import as_instance_labels, count_rows, index_columns, measure_stack, write_csv
 from .models import DEFAULT_MODEL, CellModel, load_model
 from .settings import PredictOptions
 from .stacks import default_mode, iter_segment_stack
 from .tiffio import TIFF_SUFFIXES, read_tiff, write_tiff
+from .zarrio import is_zarr
+
+CHUNK_ABOVE = 2**25   # pixels: bigger inputs are segmented in blocks (bounded memory)
+DEFAULT_CHUNK = 2048  # block size then, unless --chunk says otherwise
 
 SOFTWARE = "napari-cellunet"  # the TIFF Software tag of our outputs (so a folder's own results are skipped)
-COUNT_COLUMNS = ["file", "frame", "slice", "count", "diameter_px", "seconds"]
+COUNT_COLUMNS = ["file", "frame", "slice", "count", "uncertainty", "check", "diameter_px", "seconds"]
 
 
 class BatchError(Exception):
@@ -45,17 +49,24 @@ def _is_our_output(path: Path) -> bool:
         return False
 
 
+def _is_input(f: Path) -> bool:
+    if is_zarr(f):
+        return not f.name.endswith("_labels.zarr")
+    return f.suffix.lower() in TIFF_SUFFIXES and not _is_our_output(f)
+
+
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given, folders expanded to their TIFF files (sorted, without this tool's outputs)."""
+    """Files (and .zarr stores) as given, folders expanded to their TIFFs and .zarr stores (sorted, without
+    this tool's outputs)."""
     files: list[Path] = []
     for p in inputs:
         p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and not _is_our_output(f))
+        if p.is_dir() and not is_zarr(p):
+            found = sorted(f for f in p.iterdir() if _is_input(f))
             if not found:
                 raise FileNotFoundError(f"no TIFF files in folder {p} (other than napari-cellunet's own outputs)")
             files += found
-        elif p.is_file():
+        elif p.is_file() or is_zarr(p):
             files.append(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
@@ -144,9 +155,14 @@ def _write_counts(outdir: Path, rows: list[dict], done: Sequence[str], columns: 
 def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel | None = None,
                   options: PredictOptions | None = None, thresholds: dict | None = None,
                   axes: str | None = None, mode: str = "auto", channel: int | None = None,
-                  progress: ProgressCallback | None = None,
-                  log: Callable[[str], None] | None = None) -> list[dict]:
+                  progress: ProgressCallback | None = None, log: Callable[[str], None] | None = None,
+                  client=None) -> list[dict]:
     """Segment every input; write ``<stem>_labels.tif``, ``<stem>_measurements.csv`` and ``counts.csv``.
+
+    Zarr inputs, inputs over ``CHUNK_ABOVE`` pixels, and any input when ``options.chunk``
+    or a dask ``client`` (a ``distributed.Client``, a scheduler address or a number of
+    local workers) is given are segmented block by block (:mod:`.chunked`) into
+    ``<stem>_labels.zarr`` (OME-Zarr when the input is), with the same labels.
 
     ``thresholds`` overrides the model's post-processing defaults (field name ->
     value). 2D images, z-stacks, time-lapses and TZYX stacks (``mode``: auto,
@@ -164,6 +180,13 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
     for f, stem, name in zip(files, output_stems(files), display_names(files)):
         t0 = time.perf_counter()
         try:
+            if _chunked(f, opts, client):
+                rows.append(_segment_chunked(cm, f, outdir, stem, name, opts, params, axes, mode, channel, client,
+                                             progress, counts))
+                if log:
+                    log(f"{f.name}: {rows[-1]['count']} objects in blocks ({rows[-1]['seconds']:.1f} s) -> "
+                        f"{rows[-1]['labels']}")
+                continue
             item = load_input(f, axes, channel)
             result = drive(iter_segment_stack(cm, item.data, item.axes, mode, item.scale, opts, params), progress)
         except (InputError, ValueError, MemoryError) as err:
@@ -178,18 +201,77 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
         seconds = time.perf_counter() - t0
         diam = round(result.segmentation.diameter, 1) if result.segmentation.diameter else None
         per = count_rows(result.labels, item.axes, result.mode)
-        counts += [{"file": name, **r, "diameter_px": diam, "seconds": round(seconds, 2)} for r in per]
+        counts += [{"file": name, **r, "uncertainty": u, "check": c, "diameter_px": diam, "seconds": round(seconds, 2)}
+                   for r, u, c in zip(per, result.uncertainty, result.check)]
         total = sum(r["count"] for r in per)
-        rows.append({"file": name, "path": str(f), "count": total, "labels": labels_name,
+        rows.append({"file": name, "path": str(f), "count": total, "uncertainty": max(result.uncertainty),
+                     "check": any(result.check), "labels": labels_name,
                      "measurements": meas_name, "diameter": diam, "seconds": round(seconds, 3),
                      "axes": item.axes, "mode": result.mode, "note": item.note})
         if log:
-            log(f"{f.name}: {total} objects, axes {item.axes}, mode {result.mode} ({seconds:.1f} s)"
+            unsure = " — CHECK: the network was unsure here" if any(result.check) else ""
+            log(f"{f.name}: {total} objects, axes {item.axes}, mode {result.mode} ({seconds:.1f} s){unsure}"
                 + (f"; {item.note}" if item.note else "") + (f"; written as {stem}_*" if stem != f.stem else ""))
     _write_counts(outdir, counts, [r["file"] for r in rows], COUNT_COLUMNS)
     if failures:
         raise BatchError(f"{len(failures)} of {len(files)} input(s) failed: " + "; ".join(failures))
     return rows
+
+
+def _lazy_source(path: Path, axes: str | None):
+    """(lazy array or ZarrImage, axes, scale per axis) of a big input, without reading its pixels."""
+    from .zarrio import read_zarr
+
+    if is_zarr(path):
+        img = read_zarr(path)
+        return img, (axes or img.axes).upper(), img.scale_for((axes or img.axes).upper())
+    img = read_tiff(path, lazy=True)
+    used = (axes or img.axes).upper()
+    if used.endswith("S"):
+        raise InputError(f"{path.name}: RGB images are segmented in memory only; convert to grey first")
+    return img.data, used, img.scale_for(used)
+
+
+def _chunked(path: Path, opts: PredictOptions, client) -> bool:
+    if is_zarr(path) or opts.chunk or client is not None:
+        return True
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return int(np.prod(tif.series[0].shape)) > CHUNK_ABOVE
+    except Exception:
+        return False  # load_input reports what is wrong with the file
+
+
+def _segment_chunked(model, f: Path, outdir: Path, stem: str, name: str, opts, params, axes, mode, channel, client,
+                     progress, counts: list) -> dict:
+    """One big input block by block -> ``<stem>_labels.zarr``, measurements CSV, rows of ``counts``."""
+    from .chunked import iter_segment_chunked
+
+    t0 = time.perf_counter()
+    source, used, scale = _lazy_source(f, axes)
+    out = outdir / f"{stem}_labels.zarr"
+    res = drive(iter_segment_chunked(model, source, used, out=out, mode=mode, chunk=opts.chunk or DEFAULT_CHUNK,
+                                     options=opts, params=params, scale=scale, client=client, channel=channel),
+                progress)
+    meas_name = f"{stem}_measurements.csv"
+    write_csv(res.measurements, outdir / meas_name)
+    seconds = time.perf_counter() - t0
+    diam = round(res.diameter, 1) if res.diameter else None
+    per = count_rows_of(res)
+    counts += [{"file": name, **r, "uncertainty": None, "check": None, "diameter_px": diam,
+                "seconds": round(seconds, 2)} for r in per]
+    return {"file": name, "path": str(f), "count": sum(res.counts), "uncertainty": None, "check": None,
+            "labels": out.name, "measurements": meas_name, "diameter": diam, "seconds": round(seconds, 3),
+            "axes": res.axes, "mode": res.mode, "note": f"{len(res.blocks)} blocks ({res.engine})"}
+
+
+def count_rows_of(res) -> list[dict]:
+    """counts.csv rows (frame / slice / count) of a chunked result."""
+    n_lead = len(res.axes) - (3 if res.mode == "3d" else 2)
+    lead = np.ndindex(*(int(s) for s in res.labels.shape[:n_lead])) if n_lead else [()]
+    return [{**index_columns(res.axes, idx), "count": int(n)} for idx, n in zip(lead, res.counts)]
 
 
 def count_files(inputs: Sequence[Path], outdir: Path, axes: str | None = None, mode: str = "auto",

@@ -95,7 +95,7 @@ def cmd_segment(args) -> int:
         rows = segment_files([Path(p) for p in args.inputs], Path(args.output), model=args.model,
                              options=from_args(PredictOptions, args), thresholds=given(InstanceParams, args),
                              axes=args.axes, mode=args.mode, channel=args.channel, progress=out.progress,
-                             log=out.log)
+                             log=out.log, client=args.scheduler or args.workers)
     except BatchError as err:
         out.close()
         print(f"cellunet: error: {err} (outputs of the other inputs are in {args.output})", file=sys.stderr)
@@ -217,6 +217,16 @@ def _channel(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of workers (1, 2, ...), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .settings import AugmentConfig, InstanceParams, PredictOptions, TrainConfig, add_arguments
 
@@ -227,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("segment", help="segment TIFF images or folders; write labels and counts.csv")
-    s.add_argument("inputs", nargs="+", help="TIFF files or folders of TIFF files")
+    s.add_argument("inputs", nargs="+", help="TIFF files, .zarr / .ome.zarr stores, or folders of them")
     s.add_argument("-o", "--output", required=True, help="output folder (counts.csv there is merged by file)")
     s.add_argument("--model", default=None, help="model name or path (default: the bundled nuclei model)")
     add_arguments(s.add_argument_group("network"), PredictOptions)
@@ -239,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leading axis: 3d = z-stack of 3D objects, frames = time, slices = independent "
                         "(auto: 3d if there is a Z axis, else frames/slices)")
     s.add_argument("--channel", type=_channel, default=None, help="channel to segment (default 0)")
+    engine = s.add_argument_group("big images (segmented in blocks; .zarr inputs always)")
+    engine.add_argument("--workers", type=_count, default=None,
+                        help="run the blocks on a dask.distributed LocalCluster of this many workers")
+    engine.add_argument("--scheduler", default=None,
+                        help="run the blocks on an existing dask.distributed cluster (scheduler address)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file messages")
     s.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     s.set_defaults(func=cmd_segment)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 logger = logging.getLogger("napari_cellunet")
 _file_handler: logging.Handler | None = None
+_file_path: Path | None = None
 
 
 def log_path() -> Path:
@@ -26,12 +27,16 @@ def log_path() -> Path:
 
 
 def _ensure_file() -> None:
-    """Attach the log file once (lazily: importing the package writes nothing)."""
-    global _file_handler
-    if _file_handler is not None:
+    """Attach the log file (lazily: importing the package writes nothing; again if the folder changed)."""
+    global _file_handler, _file_path
+    path = log_path()
+    if _file_handler is not None and path == _file_path:
         return
+    if _file_handler is not None:
+        logger.removeHandler(_file_handler)
+        _file_handler.close()
+    _file_path = path
     try:
-        path = log_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         _file_handler = logging.FileHandler(path, encoding="utf-8")
     except OSError:  # a read-only home: log nowhere rather than fail

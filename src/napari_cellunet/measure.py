@@ -52,7 +52,7 @@ def _unit_dims(axes: str, mode: str) -> int:
     return 3 if mode == "3d" and len(axes) >= 3 and axes[-3] in "ZQ" else 2
 
 
-def _index_columns(axes: str, lead_index: tuple[int, ...]) -> dict:
+def index_columns(axes: str, lead_index: tuple[int, ...]) -> dict:
     cols = {"frame": None, "slice": None}
     for a, i in zip(axes, lead_index):
         cols["frame" if a == "T" else "slice"] = int(i)
@@ -79,7 +79,7 @@ def count_rows(labels: np.ndarray, axes: str, mode: str) -> list[dict]:
     labels = np.asarray(labels)
     axes = axes.upper()
     lead = labels.shape[: labels.ndim - _unit_dims(axes, mode)]
-    return [{**_index_columns(axes, idx), "count": count_objects(labels[idx])}
+    return [{**index_columns(axes, idx), "count": count_objects(labels[idx])}
             for idx in (np.ndindex(*lead) if lead else [()])]
 
 
@@ -94,7 +94,7 @@ def measure_stack(labels: np.ndarray, axes: str, mode: str, intensity: np.ndarra
     frames = []
     for idx in np.ndindex(*lead) if lead else [()]:
         df = measure(labels[idx], None if intensity is None else np.asarray(intensity)[idx], unit_scale)
-        for k, v in reversed(list(_index_columns(axes, idx).items())):
+        for k, v in reversed(list(index_columns(axes, idx).items())):
             if v is not None:
                 df.insert(0, k, v)
         frames.append(df)

@@ -11,7 +11,9 @@ objects at the scale where they look most like the training objects; see
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +37,18 @@ FINER_AGREES = 2.0  # ...or the next finer scale measures a size off by more tha
 REFINE_BEYOND = 1.3  # a last pass at the implied scale only when the objects were off the trained size by more
 
 
+class Stopwatch(dict):
+    """Seconds per stage (``with clock("network"): ...``), added up over repeated stages."""
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = self.get(stage, 0.0) + time.perf_counter() - t0
+
+
 @dataclass
 class Segmentation:
     """Result of one run over ``N`` slices (a 2D image has ``N == 1``)."""
@@ -43,6 +57,7 @@ class Segmentation:
     labels: np.ndarray | None  # (N, *spatial); None when not asked for (3D assembly makes its own)
     diameter: float | None     # object diameter used (pixels), None if not rescaled
     params: InstanceParams = field(default_factory=InstanceParams)
+    timings: Stopwatch = field(default_factory=Stopwatch)  # seconds per stage of the run
 
     @property
     def counts(self) -> list[int]:
@@ -69,16 +84,22 @@ def median_diameter(labels: np.ndarray) -> float | None:
 
 
 def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: PredictOptions,
-                resize_back: bool = True):
+                resize_back: bool = True, clock: Stopwatch | None = None):
     """Predict normalised ``(N, C, *spatial)`` images after rescaling by ``scale``."""
+    clock = clock if clock is not None else Stopwatch()
     spatial = images.shape[2:]
     if abs(scale - 1) > 1e-3:
         target = tuple(max(8, int(round(s * scale))) for s in spatial)
-        images = resize_spatial(images, target)
-    probs = yield from iter_predict(
-        model.net, images, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
-        device=opts.device, precision=opts.precision, tta=opts.tta)
-    return resize_spatial(probs, spatial) if resize_back else probs
+        with clock("resize"):
+            images = resize_spatial(images, target)
+    with clock("network"):
+        probs = yield from iter_predict(
+            model.net, images, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
+            device=opts.device, precision=opts.precision, tta=opts.tta)
+    if not resize_back:
+        return probs
+    with clock("resize"):
+        return resize_spatial(probs, spatial)
 
 
 def _estimation_crops(x: np.ndarray, scale: float, size: int) -> np.ndarray:
@@ -198,22 +219,28 @@ def iter_segment(model: CellModel, images: np.ndarray, options: PredictOptions |
     """
     opts = options or PredictOptions()
     params = params or model.instance_params
-    x = normalize_for_model(model, check_values(images, "images"), opts.normalize_group)
+    clock = Stopwatch()
+    with clock("normalise"):
+        x = normalize_for_model(model, check_values(images, "images"), opts.normalize_group)
     trained = model.diameter
     diameter = opts.diameter  # "auto", None or pixels (PredictOptions checked it)
     if trained is None or diameter is None:
-        probs = yield from _predict_at(model, x, 1.0, opts)
+        probs = yield from _predict_at(model, x, 1.0, opts, clock=clock)
         used = None
     elif diameter != AUTO:
-        probs = yield from _predict_at(model, x, trained / float(diameter), opts)
+        probs = yield from _predict_at(model, x, trained / float(diameter), opts, clock=clock)
         used = float(diameter)
     else:
-        est = yield from iter_estimate_diameter(model, x, opts, params)
+        with clock("size estimate"):
+            est = yield from iter_estimate_diameter(model, x, opts, params)
         used = est or trained
         yield Progress(0, 1, f"object diameter ~{used:.1f} px")
-        probs = yield from _predict_at(model, x, trained / used, opts)
-    labels = labels_from_probabilities(probs, params, used) if slice_labels else None
-    return Segmentation(probabilities=probs, labels=labels, diameter=used, params=params)
+        probs = yield from _predict_at(model, x, trained / used, opts, clock=clock)
+    labels = None
+    if slice_labels:
+        with clock("post-processing"):
+            labels = labels_from_probabilities(probs, params, used)
+    return Segmentation(probabilities=probs, labels=labels, diameter=used, params=params, timings=clock)
 
 
 def segment(model: CellModel, images: np.ndarray, options: PredictOptions | None = None,

@@ -183,6 +183,9 @@ class PredictOptions(Settings):
     precision: str = setting("auto", "precision", "arithmetic of the network (auto = bf16 where the CPU/GPU "
                              "has it)", choices=PRECISIONS)
     tta: bool = setting(False, "test-time augmentation (flips, slower)", "average the network over flips")
+    chunk: int = setting(0, "block size (px)", "segment in blocks of this many pixels per side, stitched (bounded "
+                         "memory, same labels); 0 = only images over 32 MP or lazy ones, in 2048-px blocks",
+                         low=0, high=65536, step=256, zero="auto")
     normalize_group: int = setting(1, "normalise together", "consecutive slices normalised together (a z-stack)",
                                    low=1, high=1_000_000, cli=False, widget=False)
 

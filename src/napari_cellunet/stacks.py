@@ -21,7 +21,7 @@ from .arrays import check_axes
 from .inference import Progress
 from .models import CellModel
 from .postprocess import Labelled, postprocess, volume_labels
-from .segment import Segmentation, iter_segment
+from .segment import Segmentation, Stopwatch, iter_segment
 from .settings import InstanceParams, PredictOptions
 
 __all__ = ["MODES", "StackResult", "default_mode", "iter_segment_stack", "relabel", "resolve_mode",
@@ -82,6 +82,9 @@ def relabel(seg: Segmentation, data: np.ndarray, axes: str, mode: str, scale: Se
             model_dims: int = 2, params: InstanceParams | None = None) -> StackResult:
     """Labels of a run from its (cached) probabilities, with ``params`` (default: the run's)."""
     params = params or seg.params
-    out = postprocess(seg.probabilities, axes, mode, params, seg.diameter, shape=data.shape, scale=scale,
-                      images=data, model_dims=model_dims)
-    return StackResult(**vars(out), segmentation=replace(seg, params=params))
+    seg = replace(seg, params=params, timings=Stopwatch({k: v for k, v in seg.timings.items()
+                                                         if k != "post-processing"}))
+    with seg.timings("post-processing"):
+        out = postprocess(seg.probabilities, axes, mode, params, seg.diameter, shape=data.shape, scale=scale,
+                          images=data, model_dims=model_dims)
+    return StackResult(**vars(out), segmentation=seg)

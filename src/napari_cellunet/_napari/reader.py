@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ..tiffio import TIFF_SUFFIXES, TiffImage, read_tiff
+from ..zarrio import is_zarr, read_zarr
 
 LABEL_HINTS = ("label", "mask", "seg")
 
 
 def get_reader(path):
-    """Return a reader for TIFF paths (a path or a list of paths), else None."""
+    """Return a reader for TIFF files and zarr / OME-Zarr stores (a path or a list of paths), else None."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    if not paths or not all(str(p).lower().endswith(TIFF_SUFFIXES) for p in paths):
+    if not paths or not all(str(p).lower().endswith(TIFF_SUFFIXES) or is_zarr(p) for p in paths):
         return None
     return read_layers
 
@@ -28,6 +29,9 @@ def read_layers(path) -> list[tuple]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     out = []
     for p in paths:
+        if is_zarr(p):
+            out += zarr_layer(p)
+            continue
         first = read_tiff(p)
         out += layer_tuples(first, source=str(p))
         for series in range(1, first.n_series):
@@ -61,3 +65,32 @@ def layer_tuples(img: TiffImage, source: str = "") -> list[tuple]:
     elif rgb:
         kwargs["rgb"] = True
     return [(data, kwargs, "image")]
+
+
+def zarr_layer(path) -> list[tuple]:
+    """One lazy layer of a zarr array or OME-Zarr image (every resolution level: napari shows any, the
+    plugin processes level 0); never read whole."""
+    import dask.array as da
+
+    img = read_zarr(path)
+    levels = [da.from_zarr(img.data)]
+    if img.ome:
+        level = 1
+        while True:
+            try:
+                levels.append(da.from_zarr(read_zarr(path, level=level).data))
+            except (ValueError, IndexError, KeyError):
+                break
+            level += 1
+    axes = img.axes.replace("C", "")
+    name = Path(path).name.split(".")[0]
+    kwargs = {"name": name, "scale": img.scale_for(axes), "axis_labels": tuple(a.lower() for a in axes),
+              "units": tuple(img.units.get(a, "pixel") for a in axes),
+              "metadata": {"axes": axes, "unit": img.unit, "source": str(path)}, "multiscale": len(levels) > 1}
+    data = levels if len(levels) > 1 else levels[0]
+    kind = "labels" if np.issubdtype(img.data.dtype, np.integer) and any(h in name.lower() for h in LABEL_HINTS) \
+        else "image"
+    if "C" in img.axes and kind == "image":
+        kwargs["channel_axis"] = img.axes.index("C")
+        kwargs["name"] = [f"{name} [ch{i}]" for i in range(img.data.shape[img.axes.index("C")])]
+    return [(data, kwargs, kind)]

@@ -46,7 +46,9 @@ def prepare(result: StackResult, images: np.ndarray, scale: tuple, params: Insta
     labels = unique_ids(result.labels, result.mode)
     table = measure_stack(labels, result.axes, result.mode, images, scale)
     table.insert(0, "index", table["label"])  # napari maps label values to feature rows by "index"
-    return Shown(result, labels, table, count_rows(labels, result.axes, result.mode), params)
+    rows = [{**r, "uncertainty": u, "check": c} for r, u, c in
+            zip(count_rows(labels, result.axes, result.mode), result.uncertainty, result.check)]
+    return Shown(result, labels, table, rows, params)
 
 
 def noun(model_name: str) -> str:
@@ -77,7 +79,8 @@ def layer_metadata(shown: Shown, source: str, model: str, options: dict, note: s
     return {"made_by": "napari-cellunet", "source_layer": source, "model": model, "mode": r.mode, "axes": r.axes,
             "diameter": diameter, **options, **p.to_dict(),
             "min_size": p.min_size if p.min_size > 0 else default_min_size(diameter, dims),
-            "counts": shown.counts, "count_axis": r.count_axis, "note": note}
+            "counts": shown.counts, "count_axis": r.count_axis, "uncertainty": r.uncertainty, "check": r.check,
+            "note": note}
 
 
 class ResultLayers:

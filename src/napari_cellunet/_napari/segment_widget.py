@@ -24,7 +24,7 @@ from ..arrays import InputError, check_axes, check_values, guess_axes, select_ch
 from ..inference import Progress, available_devices
 from ..models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from ..settings import InstanceParams, PredictOptions, SettingError
-from ..stacks import MODES, iter_segment_stack, relabel, resolve_mode
+from ..stacks import MODES, StackResult, iter_segment_stack, relabel, resolve_mode
 from .forms import SettingsForm, section
 from .results import ResultLayers, Shown, centroids, count_text, counts_table, layer_metadata, noun, prepare
 from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
@@ -68,6 +68,7 @@ class _Job:
     model: CellModel
     options: PredictOptions
     params: InstanceParams
+    chunked: tuple | None = None  # (axes with C, channel) when the run goes block by block
     shown: Shown | None = None  # the last result shown (its probabilities are the cache)
 
 
@@ -79,6 +80,25 @@ def _segment_job(job: _Job):
         yield Progress(1, 1, "measuring")
         return prepare(result, job.data, job.scale, job.params)
     except Exception as err:  # shown as a message (traceback in the log), never as a traceback
+        return Failure(log.failure("segmentation failed", err))
+
+
+def _chunked_job(job: _Job, source, axes: str, channel: int | None):
+    """Worker for big or lazy layers: block by block (bounded memory), never reading the layer whole."""
+    from ..batch import DEFAULT_CHUNK, count_rows_of
+    from ..chunked import iter_segment_chunked
+
+    try:
+        res = yield from iter_segment_chunked(job.model, source, axes, mode=job.mode,
+                                              chunk=job.options.chunk or DEFAULT_CHUNK, options=job.options,
+                                              params=job.params, scale=job.scale, channel=channel)
+        import dask.array as da
+
+        result = StackResult(da.from_zarr(res.labels), res.axes, res.mode, list(res.counts), res.count_axis)
+        table = res.measurements.copy()
+        table.insert(0, "index", table["label"])
+        return Shown(result, result.labels, table, count_rows_of(res), job.params)
+    except Exception as err:
         return Failure(log.failure("segmentation failed", err))
 
 
@@ -239,22 +259,43 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
                 self._mode.value, int(self._channel.value))
 
     def _job(self, layer, model: CellModel) -> _Job:
-        """Capture what a run segments: channel picked, RGB converted, axes checked (InputError if not)."""
+        """Capture what a run segments: channel picked, RGB converted, axes checked (InputError if not).
+
+        Big or lazy (dask, zarr, multiscale) layers are not read here: ``data`` stays lazy and the run
+        goes block by block in the worker.
+        """
         name = layer.name
         source = full_resolution(layer)
         axes = check_axes(self._axes.value, source.shape[:layer.ndim], allowed=LAYER_AXES, name=name)
         channel = int(self._channel.value) if "C" in axes else None
-        data, used, note = select_channel(source, axes + ("S" if layer.rgb else ""), channel, name)
+        try:
+            options, params = self.predict_form.build(), self.params()
+        except SettingError as err:
+            raise InputError(f"{name}: {err}") from None
+        big = self._is_big(source, options)
+        if big and layer.rgb:
+            raise InputError(f"{name}: RGB layers this big are not supported; convert to grey first")
+        if big:
+            data, used, note = source, axes.replace("C", ""), "big image: segmented in blocks"
+        else:
+            data, used, note = select_channel(source, axes + ("S" if layer.rgb else ""), channel, name)
         try:
             mode = resolve_mode(used, self._mode.value, model.config.dims)
-            options, params = self.predict_form.build(), self.params()
-        except (ValueError, SettingError) as err:
+        except ValueError as err:
             raise InputError(f"{name}: {err}") from None
-        data = check_values(np.asarray(data), name)
+        if not big:
+            data = check_values(np.asarray(data), name)
         keep = [i for i, a in enumerate(axes) if a != "C"]
         scale = tuple(float(layer.scale[i]) for i in keep)
         translate = tuple(float(layer.translate[i]) for i in keep)
-        return _Job(layer, self._key(layer), data, used, mode, scale, translate, note, model, options, params)
+        return _Job(layer, self._key(layer), data, used, mode, scale, translate, note, model, options, params,
+                    chunked=(axes, channel) if big else None)
+
+    @staticmethod
+    def _is_big(source, options: PredictOptions) -> bool:
+        from ..batch import CHUNK_ABOVE
+
+        return bool(options.chunk) or not isinstance(source, np.ndarray) or source.size > CHUNK_ABOVE
 
     # ------------------------------------------------------------------ run / cancel
     def run(self):
@@ -273,7 +314,10 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
             return None
         from napari.qt.threading import thread_worker
 
-        worker = thread_worker(_segment_job, start_thread=False)(job)
+        if job.chunked is not None:
+            worker = thread_worker(_chunked_job, start_thread=False)(job, job.data, *job.chunked)
+        else:
+            worker = thread_worker(_segment_job, start_thread=False)(job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda shown: self._on_returned(job, shown))
         worker.errored.connect(lambda err: self._fail(log.failure("segmentation failed", err)))
@@ -323,6 +367,9 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
 
     def _cache_applies(self) -> bool:
         job = self._cache
+        if job is not None and job.chunked is not None and self._key(self._image.value) == job.key:
+            self.status.value = "big images keep no probabilities: the new thresholds apply at the next Run"
+            return False
         return (job is not None and self._worker is None and job.layer in self._viewer.layers
                 and self._key(self._image.value) == job.key)
 
@@ -381,6 +428,10 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         diameter = r.segmentation.diameter if r.segmentation is not None else None
         diam = f", diameter {diameter:.1f} px" if diameter else ""
         self.result.value = count_text(counts, what, unit, volume=r.mode == "3d" and len(counts) == 1)
+        unsure = [i for i, c in enumerate(r.check) if c]
+        if unsure:
+            where = "" if len(counts) == 1 else f" in {len(unsure)} of {len(counts)} {unit}s"
+            self.result.value += f" — check{where}: the network was unsure (uncertainty {max(r.uncertainty):.2f})"
         self.status.value = (f"{src.name}: {sum(counts)} objects{diam} ({r.axes}, {r.mode}) → layer {target.name!r}"
                              + (f"; {job.note}" if job.note else ""))
 

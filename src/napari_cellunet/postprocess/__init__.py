@@ -15,12 +15,13 @@ then, with ``params.min_brightness``, objects dimmer than the image's bright one
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..arrays import count_objects, label_dtype
 from ..settings import InstanceParams
+from .quality import CHECK_ABOVE, per_unit, uncertainty
 from .objects import drop_dim_objects, drop_unconfident, filter_dim_objects, join_weak_borders, merge_fragments
 from .seeds import (BACKGROUND, BOUNDARY, DISTANCE, INTERIOR, default_min_size,
                     labels_from_probabilities, probabilities_to_labels, remove_small, typical_size)
@@ -29,7 +30,7 @@ from .stacks import merge_flickers, volume_labels
 __all__ = ["BACKGROUND", "BOUNDARY", "DISTANCE", "INTERIOR", "Labelled", "default_min_size",
            "drop_dim_objects", "drop_unconfident", "filter_dim_objects", "join_weak_borders", "labels_from_probabilities",
            "merge_flickers", "merge_fragments", "postprocess", "probabilities_to_labels", "remove_small",
-           "typical_size", "unique_ids", "volume_labels"]
+           "typical_size", "uncertainty", "unique_ids", "volume_labels"]
 
 
 @dataclass
@@ -41,18 +42,30 @@ class Labelled:
     mode: str           # "2d", "3d", "frames" or "slices"
     counts: list[int]   # per frame/slice/volume, or [n] for one image or volume
     count_axis: str     # "image", "frame" or "slice"
+    uncertainty: list[float] = field(default_factory=list)  # per count (quality.uncertainty; 0 = sure)
+
+    @property
+    def check(self) -> list[bool]:
+        """Per count: whether the network was unsure enough that the count deserves a look."""
+        return [u > CHECK_ABOVE for u in self.uncertainty]
 
 
 def postprocess(probabilities: np.ndarray, axes: str, mode: str, params: InstanceParams,
                 diameter: float | None, *, shape: Sequence[int], scale: Sequence[float] | None = None,
                 images: np.ndarray | None = None, model_dims: int = 2) -> Labelled:
-    """Labels from a run's ``(N, outputs, *spatial)`` probabilities (image scale).
+    """Labels from a run's ``(N, outputs, *spatial)`` probabilities (image scale), with an uncertainty per count.
 
     ``shape``/``axes`` are the segmented data's (channel picked), ``mode`` is
     resolved (never "auto"); ``N`` is the number of 2D slices (``model_dims=2``)
     or of volumes (a 3D model). ``scale`` (per axis) gives the z/xy voxel ratio
     for 3D assembly; ``images`` (the data) enables ``params.min_brightness``.
     """
+    out = _labels(probabilities, axes, mode, params, diameter, shape, scale, images, model_dims)
+    out.uncertainty = per_unit(probabilities, len(out.counts))
+    return out
+
+
+def _labels(probabilities, axes, mode, params, diameter, shape, scale, images, model_dims) -> Labelled:
     shape = tuple(shape)
     lead = shape[: len(shape) - (3 if model_dims == 3 else 2)]
     if model_dims == 3:
