@@ -28,6 +28,18 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 DISTANCE = 3  # optional output after the classes: distance to the object border, 1 at its centre
 
 
+def distance_transform(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each foreground pixel to the background (float32).
+
+    ``edt`` (an optional dependency, ~12x faster) and ``scipy.ndimage`` give identical values.
+    """
+    try:
+        import edt
+    except ImportError:
+        return ndi.distance_transform_edt(mask).astype(np.float32)
+    return edt.edt(np.ascontiguousarray(mask), parallel=1).astype(np.float32, copy=False)
+
+
 def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
     """Split seed components at peaks of their (smoothed) distance transform.
 
@@ -40,8 +52,7 @@ def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, 
     """
     from skimage.feature import peak_local_max
 
-    dist = ndi.gaussian_filter(ndi.distance_transform_edt(pieces > 0).astype(np.float32), 1.0,
-                               output=np.float32)
+    dist = ndi.gaussian_filter(distance_transform(pieces > 0), 1.0, output=np.float32)
     min_distance = max(2, int(round(0.4 * diameter)))
     peaks = peak_local_max(dist, min_distance=min_distance, exclude_border=False)
     if len(peaks):
