@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--diameter", default="auto")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"])
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--rescale", type=float, default=1.0,
@@ -78,12 +79,12 @@ def main() -> None:
     if args.rescale != 1:
         pairs = [(n, *rescale_pair(img, mask, args.rescale)) for n, img, mask in pairs]
     model = load_model(args.model)
-    opts = PredictOptions(diameter=args.diameter, tta=args.tta, precision=args.precision)
+    opts = PredictOptions(diameter=args.diameter, tta=args.tta, precision=args.precision, backend=args.backend)
 
     def run_model(img):
         return segment(model, as_slices(img).data, opts).labels[0]
 
-    name = f"{model.name} (diameter {args.diameter}, {args.precision}{', TTA' if args.tta else ''})"
+    name = f"{model.name} (diameter {args.diameter}, {args.precision}, {args.backend}{', TTA' if args.tta else ''})"
     results = {name: evaluate(pairs, run_model)}
     if not args.no_baseline:
         results["Otsu + distance watershed (scikit-image)"] = evaluate(pairs, otsu_watershed)

@@ -97,3 +97,9 @@ def fake_segmenter(calls):
         return Segmentation(probs, labels_from_probabilities(probs, params, 20.0), 20.0, params)
 
     return fake
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """One OpenVINO cache for the session (exports are reused, as between a user's runs)."""
+    monkeypatch.setenv("CELLUNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

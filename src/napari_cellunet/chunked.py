@@ -222,7 +222,7 @@ def _probabilities(b: _Block, net, x: np.ndarray, keep: int) -> np.ndarray:
         mod = _resample(s[None], b.y.down, b.x.down)[0]
         tiles = np.stack([mod[win] for win in wins])[:, None]
         p = drive(iter_predict(net, tiles, tile=max(ty, tx), batch_size=o.batch_size, device=o.device,
-                               precision=o.precision, tta=o.tta))  # one whole tile per image
+                               precision=o.precision, tta=o.tta, backend=o.backend))  # one whole tile per image
         acc, norm = np.zeros((keep,) + mod.shape, np.float32), np.zeros(mod.shape, np.float32)
         for win, pi in zip(wins, p):
             acc[(slice(None),) + win] += pi[:keep] * w

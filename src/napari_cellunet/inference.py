@@ -10,17 +10,19 @@ with the image.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .settings import BACKENDS, PRECISIONS  # declared once, with the settings
 from .unet import UNet
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,87 @@ def _forward(net: UNet, batch: torch.Tensor, autocast_dtype: torch.dtype | None,
     return out / len(flips)
 
 
+# --------------------------------------------------------------------------- OpenVINO (optional)
+_OPENVINO: dict[int, tuple] = {}  # id(net) -> (weights version, precision, compiled model)
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto``: OpenVINO on the CPU when it is installed (~1.7x torch here), else torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if backend == "openvino" and not openvino_available():
+        raise ValueError("backend 'openvino' needs OpenVINO: pip install openvino (or napari-cellunet[fast])")
+    return backend
+
+
+def _weights_version(net: UNet) -> tuple:
+    return tuple(int(t._version) for t in net.state_dict().values())
+
+
+def _weights_hash(net: UNet) -> str:
+    import hashlib
+
+    h = hashlib.sha1(json.dumps(net.config.to_dict(), sort_keys=True).encode())
+    for value in net.state_dict().values():
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def _openvino_cache() -> Path | None:
+    """Where exported networks and OpenVINO's compiled blobs are kept between runs (None: nowhere)."""
+    try:
+        from platformdirs import user_cache_dir
+
+        folder = Path(os.environ.get("CELLUNET_CACHE_DIR") or user_cache_dir("napari-cellunet")) / "openvino"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:
+        return None
+
+
+def openvino_forward(net: UNet, precision: str = "auto"):
+    """``run(batch) -> probabilities`` for numpy ``(B, C, *spatial)`` float32 batches, with OpenVINO on the CPU.
+
+    The network (with the softmax/sigmoid of inference) is exported to ONNX once per weights (kept in
+    the user cache folder, like OpenVINO's compiled blobs, so later runs start at once); ``auto``
+    precision lets OpenVINO choose (bf16 where the CPU has it).
+    """
+    import tempfile
+
+    import openvino as ov
+
+    from .export import export_onnx
+
+    version = _weights_version(net)
+    cached = _OPENVINO.get(id(net))
+    if cached is None or cached[:2] != (version, precision):
+        config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else
+                                                 "bf16" if precision == "bf16" else "f16"}
+        config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
+        core, folder = ov.Core(), _openvino_cache()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = (folder or Path(tmp)) / f"{_weights_hash(net)}.onnx"
+            if not path.exists():
+                export_onnx(net.cpu().eval(), Path(tmp) / "net.onnx")
+                os.replace(Path(tmp) / "net.onnx", path)  # complete files only, also in the cache
+            if folder is not None:
+                core.set_property({"CACHE_DIR": str(folder)})
+            compiled = core.compile_model(str(path), "CPU", config)
+        _OPENVINO[id(net)] = cached = (version, precision, compiled)
+    compiled = cached[2]
+    return lambda batch: compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
+
+
 def iter_predict(
     net: UNet,
     images: np.ndarray,
@@ -167,6 +250,7 @@ def iter_predict(
     precision: str = "auto",
     tta: bool = False,
     channels_last: bool = True,
+    backend: str = "torch",
 ) -> Generator[Progress, None, np.ndarray]:
     """Sliding-window prediction over a batch of normalised images.
 
@@ -174,7 +258,8 @@ def iter_predict(
     and is already normalised. Yields :class:`Progress` after every tile batch and
     returns probabilities of shape ``(N, n_outputs, *spatial)`` (float32): classes [+ distance].
     Tiles from all N images share batches, so stacks of small slices stay fast.
-    ``channels_last`` (CPU only) uses the memory layout oneDNN convolutions prefer.
+    ``channels_last`` (CPU only) uses the memory layout oneDNN convolutions prefer;
+    ``backend`` "openvino" (or "auto" with OpenVINO installed, on the CPU) runs the tiles there.
     """
     cfg = net.config
     images = np.asarray(images, dtype=np.float32)
@@ -184,6 +269,7 @@ def iter_predict(
         raise ValueError(f"model expects {cfg.in_channels} channel(s), image has {images.shape[1]}")
     dev = device if isinstance(device, torch.device) else select_device(device)
     autocast_dtype = resolve_precision(precision, dev)
+    run_openvino = openvino_forward(net, precision) if resolve_backend(backend, dev) == "openvino" else None
     net = net.to(dev).eval()
     memory_format = None
     if dev.type == "cpu":
@@ -212,10 +298,15 @@ def iter_predict(
     yield Progress(0, total, "predicting")
     for b in range(0, total, batch_size):
         chunk = jobs[b:b + batch_size]
-        batch = torch.from_numpy(np.stack([images[(i, slice(None), *w)] for i, w in chunk])).to(dev)
-        if memory_format is not None:
-            batch = batch.contiguous(memory_format=memory_format)
-        probs = (_forward(net, batch, autocast_dtype, flips) * weights_t).cpu().numpy()
+        batch = np.stack([images[(i, slice(None), *w)] for i, w in chunk])
+        if run_openvino is not None:
+            probs = sum(np.flip(run_openvino(np.flip(batch, f) if f else batch), f) if f else run_openvino(batch)
+                        for f in flips) / len(flips) * weights
+        else:
+            batch = torch.from_numpy(batch).to(dev)
+            if memory_format is not None:
+                batch = batch.contiguous(memory_format=memory_format)
+            probs = (_forward(net, batch, autocast_dtype, flips) * weights_t).cpu().numpy()
         for (i, w), p in zip(chunk, probs):
             out[(i, slice(None), *w)] += p
         yield Progress(min(b + batch_size, total), total, "predicting")

@@ -95,7 +95,7 @@ def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: Predic
     with clock("network"):
         probs = yield from iter_predict(
             model.net, images, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
-            device=opts.device, precision=opts.precision, tta=opts.tta)
+            device=opts.device, precision=opts.precision, tta=opts.tta, backend=opts.backend)
     if not resize_back:
         return probs
     with clock("resize"):

@@ -216,7 +216,7 @@ def iter_train(
         "instance_params": (init.instance_params if init else InstanceParams()).to_dict(),
         "train_config": cfg.to_dict(), "n_train_images": len(samples), "n_val_images": len(val_pairs),
         "axes": "YX" if dims == 2 else "ZYX", **(meta or {})})
-    opts = PredictOptions(device=str(device), batch_size=8)
+    opts = PredictOptions(device=str(device), batch_size=8, backend="torch")  # the weights change: no export
     ckpt_path = Path(f"{out_path}.ckpt")
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     run = _Run(history=[])
