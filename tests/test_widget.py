@@ -362,3 +362,33 @@ def test_active_image_is_preselected_and_plot_follows_the_theme(viewer, qtbot, m
     viewer.theme = "light"
     assert to_hex(dock.figure.get_facecolor()) == to_hex(theme_colours(viewer)["background"])
     assert theme_colours(viewer)["background"] != theme_colours(None)["background"]
+
+
+def test_source_removed_mid_run_discards_the_result_quietly(viewer, qtbot, sample):
+    """The bottom (source) layer removed while the worker runs: a status line, no notification, no layer."""
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+
+    source = viewer.add_image(np.tile(sample, (2, 2)), name="nuclei")
+    viewer.add_image(np.zeros((64, 64)), name="top")
+    w = docked(viewer, SegmentWidget)
+    w._image.value = source
+    w.run()
+    qtbot.waitUntil(lambda: "predicting" in w.status.value, timeout=WAIT_MS)
+    viewer.layers.remove(source)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    viewer.window._qt_window.resize(1100, 700)  # a redraw after the removal must not crash
+    qtbot.wait(200)
+    assert "was removed during the run" in w.status.value
+    assert [lyr.name for lyr in viewer.layers] == ["top"] and w._run_btn.enabled
+    assert w.relabel() is False
+
+
+def test_run_pressed_twice_starts_one_worker(viewer, qtbot, sample):
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+
+    viewer.add_image(sample, name="nuclei")
+    w = docked(viewer, SegmentWidget)
+    first = w.run()
+    assert first is not None and w.run() is None and w.status.value == "already running"
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    assert len(layers_of(viewer, "Labels")) == 1

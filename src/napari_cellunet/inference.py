@@ -13,6 +13,8 @@ import itertools
 import json
 import math
 import os
+import threading
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +161,8 @@ def _forward(net: UNet, batch: torch.Tensor, autocast_dtype: torch.dtype | None,
 
 
 # --------------------------------------------------------------------------- OpenVINO (optional)
-_OPENVINO: dict[int, tuple] = {}  # id(net) -> (weights version, precision, compiled model)
+_OPENVINO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> (weights version, precision, compiled)
+_OPENVINO_LOCK = threading.Lock()  # torch's ONNX export is not thread-safe (block workers share a process)
 
 
 def openvino_available() -> bool:
@@ -213,14 +216,19 @@ def openvino_forward(net: UNet, precision: str = "auto"):
     the user cache folder, like OpenVINO's compiled blobs, so later runs start at once); ``auto``
     precision lets OpenVINO choose (bf16 where the CPU has it).
     """
+    version = _weights_version(net)
+    with _OPENVINO_LOCK:
+        return _openvino_compiled(net, version, precision)
+
+
+def _openvino_compiled(net: UNet, version: tuple, precision: str):
     import tempfile
 
     import openvino as ov
 
     from .export import export_onnx
 
-    version = _weights_version(net)
-    cached = _OPENVINO.get(id(net))
+    cached = _OPENVINO.get(net)
     if cached is None or cached[:2] != (version, precision):
         config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else
                                                  "bf16" if precision == "bf16" else "f16"}
@@ -234,7 +242,7 @@ def openvino_forward(net: UNet, precision: str = "auto"):
             if folder is not None:
                 core.set_property({"CACHE_DIR": str(folder)})
             compiled = core.compile_model(str(path), "CPU", config)
-        _OPENVINO[id(net)] = cached = (version, precision, compiled)
+        _OPENVINO[net] = cached = (version, precision, compiled)
     compiled = cached[2]
     return lambda batch: compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
 

@@ -26,12 +26,34 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels
 
 
+PYRAMID_ABOVE = 2048  # px per side: bigger results are shown as a multiscale layer (napari draws a level)
+SMALL_LEVEL = 4096    # ...whose levels up to this size are made in the worker (lazy ones would be read there)
+
+
+def pyramid(labels, lazy: bool = False) -> list:
+    """Display levels of a big label image: itself, then every 2nd, 4th, ... pixel in Y and X.
+
+    Small levels of a lazy (dask) image are computed here (call it in the worker), so drawing a
+    zoomed-out view never reads the whole image on the GUI thread.
+    """
+    levels, factor = [labels], 2
+    if max(labels.shape[-2:]) <= PYRAMID_ABOVE:
+        return levels
+    while max(labels.shape[-2:]) / factor >= 256:
+        level = labels[..., ::factor, ::factor]
+        if lazy and max(level.shape[-2:]) <= SMALL_LEVEL:
+            level = np.asarray(level)
+        levels.append(level)
+        factor *= 2
+    return levels
+
+
 @dataclass
 class Shown:
     """A result ready for display (computed off the GUI thread)."""
 
     result: StackResult
-    labels: np.ndarray      # every object of the stack with its own id
+    labels: list            # display levels (one, or a pyramid: see :func:`pyramid`); ids unique in the stack
     table: pd.DataFrame     # one row per object ("index" = label, for napari's features)
     rows: list[dict]        # counts per frame/slice
     params: InstanceParams
@@ -48,7 +70,7 @@ def prepare(result: StackResult, images: np.ndarray, scale: tuple, params: Insta
     table.insert(0, "index", table["label"])  # napari maps label values to feature rows by "index"
     rows = [{**r, "uncertainty": u, "check": c} for r, u, c in
             zip(count_rows(labels, result.axes, result.mode), result.uncertainty, result.check)]
-    return Shown(result, labels, table, rows, params)
+    return Shown(result, pyramid(labels), table, rows, params)
 
 
 def noun(model_name: str) -> str:
@@ -110,15 +132,21 @@ class ResultLayers:
     def show_labels(self, src: Image, shown: Shown, scale, translate, metadata: dict) -> Labels:
         """Create (named ``<image> labels``, or with a number if taken) or update the result layer."""
         target = self.labels(src)
+        multiscale = len(shown.labels) > 1
+        if target is not None and bool(target.multiscale) != multiscale:  # napari cannot switch: make it anew
+            self._viewer.layers.remove(target)
+            target = None
+        data = shown.labels if multiscale else shown.labels[0]
         if target is None:
             name = f"{src.name} labels"
-            target = self._viewer.add_labels(shown.labels, name=name, scale=scale, translate=translate,
-                                             features=shown.table, metadata=metadata,
+            target = self._viewer.add_labels(data, name=name, scale=scale, translate=translate, features=shown.table,
+                                             metadata=metadata, multiscale=multiscale,
                                              axis_labels=_axis_labels(src, len(scale)), units=_units(src, len(scale)))
             self._labels.append((src, target))
-        else:
-            target.data, target.features, target.metadata = shown.labels, shown.table, metadata
-            target.scale, target.translate = scale, translate
+        else:  # each property set redraws: set only what changed
+            if tuple(target.scale) != tuple(scale) or tuple(target.translate) != tuple(translate):
+                target.scale, target.translate = scale, translate
+            target.data, target.features, target.metadata = data, shown.table, metadata
         return target
 
     def show_counts(self, src: Image, counts: pd.DataFrame, title: str, noun: str) -> None:

@@ -26,7 +26,8 @@ from ..models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_nam
 from ..settings import InstanceParams, PredictOptions, SettingError
 from ..stacks import MODES, StackResult, iter_segment_stack, relabel, resolve_mode
 from .forms import SettingsForm, section
-from .results import ResultLayers, Shown, centroids, count_text, counts_table, layer_metadata, noun, prepare
+from .results import (ResultLayers, Shown, centroids, count_text, counts_table, layer_metadata, noun, prepare,
+                      pyramid)
 from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def _chunked_job(job: _Job, source, axes: str, channel: int | None):
         result = StackResult(da.from_zarr(res.labels), res.axes, res.mode, list(res.counts), res.count_axis)
         table = res.measurements.copy()
         table.insert(0, "index", table["label"])
-        return Shown(result, result.labels, table, count_rows_of(res), job.params)
+        return Shown(result, pyramid(result.labels, lazy=True), table, count_rows_of(res), job.params)
     except Exception as err:
         return Failure(log.failure("segmentation failed", err))
 
@@ -110,6 +111,17 @@ def _relabel_job(job: _Job, params: InstanceParams):
         return prepare(result, job.data, job.scale, params)
     except Exception as err:
         return Failure(log.failure("re-labelling failed", err))
+
+
+def _warm_up_line_patterns() -> None:
+    """vispy builds its line-dash patterns (~0.2 s, cached per process) when the first Labels layer is drawn;
+    build them when the dock opens instead of when the first result appears (an event-loop gap)."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except Exception:  # another vispy: nothing to warm up
+        pass
 
 
 class SegmentWidget(Container, LayerChoices, WorkerControls):
@@ -172,6 +184,8 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         on_models_changed(self.refresh_models)  # a model saved by the Train widget shows up at once
         self._on_model_changed()
         self._on_image_changed()
+        _warm_up_line_patterns()
+
 
     # ------------------------------------------------------------------ settings
     @property
