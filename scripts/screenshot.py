@@ -77,7 +77,7 @@ def timelapse() -> int:
     viewer.window.add_dock_widget(seg, name="Segment & count", area="right")
     seg._image.value = image
     seg._mode.value = "frames"
-    seg._diameter.value = 18  # given, as in the tests ("auto" estimates 14 px here; counts: docs/stacks.md)
+    seg.setting("diameter").value = 18  # given, as in the tests ("auto" estimates 14 px here; counts: docs/stacks.md)
     seg._add_points.value = True
     if not run_segment(seg, app):
         return 1

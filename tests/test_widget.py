@@ -132,7 +132,11 @@ def test_cancel_leaves_layers_unchanged(viewer, qtbot, sample):
 
 @pytest.mark.parametrize("data, message", [
     (np.zeros((2, 3, 64, 64), np.float32), "unsupported axes"),
+    (np.zeros((2, 2, 2, 2, 8, 8), np.float32), "unsupported axes"),
     (np.full((64, 64), np.nan, np.float32), "no finite values"),
+    (np.full((64, 64), np.inf, np.float32), "no finite values"),
+    (np.zeros((2, 2), np.float32), "too small"),
+    (np.zeros((3, 1, 64), np.float32), "too small"),
 ])
 def test_bad_input_gives_message(viewer, qtbot, data, message):
     from napari_cellunet._napari.segment_widget import SegmentWidget
@@ -392,3 +396,16 @@ def test_run_pressed_twice_starts_one_worker(viewer, qtbot, sample):
     assert first is not None and w.run() is None and w.status.value == "already running"
     qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
     assert len(layers_of(viewer, "Labels")) == 1
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float16, np.int16, np.uint32])
+def test_odd_layer_dtypes_segment(viewer, qtbot, sample, dtype):
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+
+    crop = sample[:128, :128].astype(np.float64)
+    data = (crop > crop.mean()) if dtype is bool else (crop - (3000 if dtype is np.int16 else 0)).astype(dtype)
+    viewer.add_image(data, name="odd")
+    w = docked(viewer, SegmentWidget)
+    w.setting("diameter").value = 25
+    run_and_wait(qtbot, w)
+    assert w.result_layer(viewer.layers["odd"]).metadata["counts"][0] > 0, w.status.value

@@ -178,44 +178,48 @@ def segment_files(inputs: Sequence[Path], outdir: Path, model: str | CellModel |
     outdir.mkdir(parents=True, exist_ok=True)
     rows, counts, failures = [], [], []
     for f, stem, name in zip(files, output_stems(files), display_names(files)):
-        t0 = time.perf_counter()
         try:
             if _chunked(f, opts, client):
-                rows.append(_segment_chunked(cm, f, outdir, stem, name, opts, params, axes, mode, channel, client,
-                                             progress, counts))
-                if log:
-                    log(f"{f.name}: {rows[-1]['count']} objects in blocks ({rows[-1]['seconds']:.1f} s) -> "
-                        f"{rows[-1]['labels']}")
-                continue
-            item = load_input(f, axes, channel)
-            result = drive(iter_segment_stack(cm, item.data, item.axes, mode, item.scale, opts, params), progress)
+                row = _segment_chunked(cm, f, outdir, stem, name, opts, params, axes, mode, channel, client,
+                                       progress, counts)
+            else:
+                row = _segment_in_memory(cm, f, outdir, stem, name, opts, params, axes, mode, channel, progress,
+                                         counts)
         except (InputError, ValueError, MemoryError) as err:
             failures.append(str(err) if f.name in str(err) else f"{f.name}: {err}")
             if log:
                 log(f"skipped {failures[-1]}")
             continue
-        labels_name, meas_name = f"{stem}_labels.tif", f"{stem}_measurements.csv"
-        write_tiff(outdir / labels_name, result.labels, item.axes, dict(zip(item.axes, item.scale)), item.unit,
-                   software=SOFTWARE)
-        write_csv(measure_stack(result.labels, item.axes, result.mode, item.data, item.scale), outdir / meas_name)
-        seconds = time.perf_counter() - t0
-        diam = round(result.segmentation.diameter, 1) if result.segmentation.diameter else None
-        per = count_rows(result.labels, item.axes, result.mode)
-        counts += [{"file": name, **r, "uncertainty": u, "check": c, "diameter_px": diam, "seconds": round(seconds, 2)}
-                   for r, u, c in zip(per, result.uncertainty, result.check)]
-        total = sum(r["count"] for r in per)
-        rows.append({"file": name, "path": str(f), "count": total, "uncertainty": max(result.uncertainty),
-                     "check": any(result.check), "labels": labels_name,
-                     "measurements": meas_name, "diameter": diam, "seconds": round(seconds, 3),
-                     "axes": item.axes, "mode": result.mode, "note": item.note})
+        rows.append(row)
         if log:
-            unsure = " — CHECK: the network was unsure here" if any(result.check) else ""
-            log(f"{f.name}: {total} objects, axes {item.axes}, mode {result.mode} ({seconds:.1f} s){unsure}"
-                + (f"; {item.note}" if item.note else "") + (f"; written as {stem}_*" if stem != f.stem else ""))
+            unsure = " — CHECK: the network was unsure here" if row["check"] else ""
+            log(f"{f.name}: {row['count']} objects, axes {row['axes']}, mode {row['mode']} ({row['seconds']:.1f} s)"
+                f"{unsure}" + (f"; {row['note']}" if row["note"] else "") + f" -> {row['labels']}")
     _write_counts(outdir, counts, [r["file"] for r in rows], COUNT_COLUMNS)
     if failures:
         raise BatchError(f"{len(failures)} of {len(files)} input(s) failed: " + "; ".join(failures))
     return rows
+
+
+def _segment_in_memory(model, f: Path, outdir: Path, stem: str, name: str, opts, params, axes, mode, channel,
+                       progress, counts: list) -> dict:
+    """One input as a whole -> ``<stem>_labels.tif``, measurements CSV, rows of ``counts``."""
+    t0 = time.perf_counter()
+    item = load_input(f, axes, channel)
+    result = drive(iter_segment_stack(model, item.data, item.axes, mode, item.scale, opts, params), progress)
+    labels_name, meas_name = f"{stem}_labels.tif", f"{stem}_measurements.csv"
+    write_tiff(outdir / labels_name, result.labels, item.axes, dict(zip(item.axes, item.scale)), item.unit,
+               software=SOFTWARE)
+    write_csv(measure_stack(result.labels, item.axes, result.mode, item.data, item.scale), outdir / meas_name)
+    seconds = time.perf_counter() - t0
+    diam = round(result.segmentation.diameter, 1) if result.segmentation.diameter else None
+    per = count_rows(result.labels, item.axes, result.mode)
+    counts += [{"file": name, **r, "uncertainty": u, "check": c, "diameter_px": diam, "seconds": round(seconds, 2)}
+               for r, u, c in zip(per, result.uncertainty, result.check)]
+    return {"file": name, "path": str(f), "count": sum(r["count"] for r in per),
+            "uncertainty": max(result.uncertainty), "check": any(result.check), "labels": labels_name,
+            "measurements": meas_name, "diameter": diam, "seconds": round(seconds, 3), "axes": item.axes,
+            "mode": result.mode, "note": item.note}
 
 
 def _lazy_source(path: Path, axes: str | None):

@@ -228,13 +228,18 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import AugmentConfig, InstanceParams, PredictOptions, TrainConfig, add_arguments
-
     p = argparse.ArgumentParser(prog="cellunet", description="Segment and count cells with a UNet "
                                 "(napari-cellunet; not the unrelated PyPI package 'cellunet').")
     p.add_argument("--version", action="version", version=f"napari-cellunet {__version__}")
     p.add_argument("--verbose", action="store_true", help="print the log (and tracebacks of failures) to stderr")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_segment_parser, _count_parser, _train_parser, _models_parser, _export_parser, _demo_parser):
+        add(sub)
+    return p
+
+
+def _segment_parser(sub) -> None:
+    from .settings import InstanceParams, PredictOptions, add_arguments
 
     s = sub.add_parser("segment", help="segment TIFF images or folders; write labels and counts.csv")
     s.add_argument("inputs", nargs="+", help="TIFF files, .zarr / .ome.zarr stores, or folders of them")
@@ -254,18 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the blocks on a dask.distributed LocalCluster of this many workers")
     engine.add_argument("--scheduler", default=None,
                         help="run the blocks on an existing dask.distributed cluster (scheduler address)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file messages")
-    s.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    _output_flags(s)
     s.set_defaults(func=cmd_segment)
 
+
+def _output_flags(parser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-file messages")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+
+
+def _count_parser(sub) -> None:
     c = sub.add_parser("count", help="count objects in existing label images or binary masks (per frame/slice)")
     c.add_argument("inputs", nargs="+", help="label TIFF files or folders")
     c.add_argument("-o", "--output", required=True, help="output folder for counts.csv (merged by file)")
     c.add_argument("--axes", default=None, help="axes of the labels, e.g. TZYX")
     c.add_argument("--mode", default="auto", choices=["auto", "3d", "frames", "slices"])
-    c.add_argument("-q", "--quiet", action="store_true")
-    c.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    _output_flags(c)
     c.set_defaults(func=cmd_count)
+
+
+def _train_parser(sub) -> None:
+    from .settings import AugmentConfig, TrainConfig, add_arguments
 
     t = sub.add_parser("train", help="train or fine-tune a model on image/label folders")
     t.add_argument("--images", required=True, action="append", help="image folder (repeat for more)")
@@ -286,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--license", default="")
     t.set_defaults(func=cmd_train)
 
+
+def _models_parser(sub) -> None:
     m = sub.add_parser("models", help="list bundled and user models, or add a bioimage.io package")
     m.add_argument("action", nargs="?", choices=["list", "add"], default="list")
     m.add_argument("package", nargs="?", help="with add: a bioimage.io package (.zip or folder) exported by "
@@ -294,18 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="with add: replace a user model of that name")
     m.set_defaults(func=cmd_models)
 
+
+def _export_parser(sub) -> None:
     e = sub.add_parser("export", help="export a model for other tools (bioimage.io, ONNX, TorchScript)")
     e.add_argument("model", help="model name or path")
     e.add_argument("-o", "--output", required=True, help="output folder (or file for onnx/torchscript)")
     e.add_argument("--format", default="bioimageio", choices=["bioimageio", "onnx", "torchscript"])
     e.set_defaults(func=cmd_export)
 
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="segment the bundled sample image and print the count")
     d.add_argument("-o", "--output", default="cellunet-demo", help="output folder")
     d.add_argument("--model", default=None)
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

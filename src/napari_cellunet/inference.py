@@ -247,6 +247,31 @@ def _openvino_compiled(net: UNet, version: tuple, precision: str):
     return lambda batch: compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
 
 
+def _on_device(net: UNet, dev: torch.device, channels_last: bool):
+    """The network in eval mode on ``dev`` (channels-last on the CPU, as oneDNN prefers) and its layout."""
+    net = net.to(dev).eval()
+    if dev.type != "cpu":
+        return net, None
+    layout = (torch.channels_last if net.config.dims == 2 else torch.channels_last_3d) if channels_last \
+        else torch.contiguous_format
+    return net.to(memory_format=layout), layout
+
+
+def _flip_average(run, batch: np.ndarray, flips: list[tuple[int, ...]]) -> np.ndarray:
+    """``run(batch)`` averaged over flip variants (each flipped back), for numpy backends."""
+    return sum(np.flip(run(np.ascontiguousarray(np.flip(batch, f))), f) if f else run(batch)
+               for f in flips) / len(flips)
+
+
+def tile_plan(spatial: Sequence[int], tile: int | Sequence[int], overlap: float, multiple: int):
+    """``(tile shape, blending weights, windows)`` of the sliding windows covering ``spatial``."""
+    tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
+    tiles = tuple(min(t, s) if t >= s else max(multiple, t - t % multiple) for t, s in zip(tiles, spatial))
+    starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tiles)]
+    windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*starts)]
+    return tiles, blending_weights(tiles), windows
+
+
 def iter_predict(
     net: UNet,
     images: np.ndarray,
@@ -278,23 +303,10 @@ def iter_predict(
     dev = device if isinstance(device, torch.device) else select_device(device)
     autocast_dtype = resolve_precision(precision, dev)
     run_openvino = openvino_forward(net, precision) if resolve_backend(backend, dev) == "openvino" else None
-    net = net.to(dev).eval()
-    memory_format = None
-    if dev.type == "cpu":
-        memory_format = torch.contiguous_format
-        if channels_last:
-            memory_format = torch.channels_last if cfg.dims == 2 else torch.channels_last_3d
-        net = net.to(memory_format=memory_format)
-
+    net, memory_format = _on_device(net, dev, channels_last)
     n, spatial = images.shape[0], images.shape[2:]
-    tiles = (tile,) * cfg.dims if isinstance(tile, int) else tuple(tile)
-    m = net.size_multiple
-    tiles = tuple(min(t, s) if t >= s else max(m, t - t % m) for t, s in zip(tiles, spatial))
-    weights = blending_weights(tiles)
-    starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tiles)]
-    windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*starts)]
+    tiles, weights, windows = tile_plan(spatial, tile, overlap, net.size_multiple)
     jobs = [(i, w) for i in range(n) for w in windows]
-
     out = np.zeros((n, cfg.n_outputs, *spatial), dtype=np.float32)
     norm = np.zeros(spatial, dtype=np.float32)
     for w in windows:
@@ -308,8 +320,7 @@ def iter_predict(
         chunk = jobs[b:b + batch_size]
         batch = np.stack([images[(i, slice(None), *w)] for i, w in chunk])
         if run_openvino is not None:
-            probs = sum(np.flip(run_openvino(np.flip(batch, f) if f else batch), f) if f else run_openvino(batch)
-                        for f in flips) / len(flips) * weights
+            probs = _flip_average(run_openvino, batch, flips) * weights
         else:
             batch = torch.from_numpy(batch).to(dev)
             if memory_format is not None:

@@ -21,7 +21,7 @@ from ..measure import as_instance_labels, count_rows, measure_stack
 from ..stacks import MODES, resolve_mode
 from .forms import section
 from .results import count_text
-from .segment_widget import layer_axes
+from .jobs import layer_axes
 from .widget_parts import LayerChoices, Messages, full_resolution, wrapping_label
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ viewer never waits. Qt itself is only imported (through napari's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,98 +19,20 @@ from napari.layers import Image
 from napari.utils import progress
 
 from .. import log
-from ..arrays import InputError, check_axes, check_values, guess_axes, select_channel
+from ..arrays import InputError, check_axes, check_values, select_channel
 from ..inference import Progress, available_devices
 from ..models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from ..settings import InstanceParams, PredictOptions, SettingError
-from ..stacks import MODES, StackResult, iter_segment_stack, relabel, resolve_mode
+from ..stacks import MODES, resolve_mode
 from .forms import SettingsForm, section
-from .results import (ResultLayers, Shown, centroids, count_text, counts_table, layer_metadata, noun, prepare,
-                      pyramid)
+from .jobs import LAYER_AXES, Job, chunked_job, layer_axes, relabel_job, segment_job
+from .results import ResultLayers, Shown, centroids, count_text, counts_table, layer_metadata, noun
 from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
+
+__all__ = ["SegmentWidget", "layer_axes"]
 
 if TYPE_CHECKING:
     import napari
-
-AXIS_LETTERS = {"t": "T", "time": "T", "z": "Z", "depth": "Z", "c": "C", "channel": "C", "y": "Y", "x": "X"}
-LAYER_AXES = "TZQCYX"
-
-
-def layer_axes(layer) -> str:
-    """Axes of an image layer's dimensions (RGB excluded): metadata, axis labels, else ``Q…YX``."""
-    ndim = layer.ndim
-    shape = tuple(full_resolution(layer).shape[:ndim])
-    candidates = [str((layer.metadata or {}).get("axes", "")).upper()]
-    letters = [AXIS_LETTERS.get(str(a).strip().lower(), "") for a in getattr(layer, "axis_labels", ())]
-    if len(letters) == ndim >= 2 and not letters[-2] and not letters[-1]:
-        letters[-2:] = ["Y", "X"]
-    candidates.append("".join(a or "Q" for a in letters))
-    for axes in candidates:
-        try:
-            return check_axes(axes, shape, allowed=LAYER_AXES)
-        except InputError:
-            continue
-    return guess_axes(shape)
-
-
-@dataclass
-class _Job:
-    """What one Run works on, captured when Run is pressed (plus its result)."""
-
-    layer: Image
-    key: tuple              # what the probabilities depend on (see SegmentWidget._key)
-    data: np.ndarray        # float32, channel picked / RGB converted; axes ``axes``
-    axes: str               # among T, Z, Q, Y, X
-    mode: str               # resolved mode (never "auto")
-    scale: tuple            # layer scale / translate for ``axes``
-    translate: tuple
-    note: str
-    model: CellModel
-    options: PredictOptions
-    params: InstanceParams
-    chunked: tuple | None = None  # (axes with C, channel) when the run goes block by block
-    shown: Shown | None = None  # the last result shown (its probabilities are the cache)
-
-
-def _segment_job(job: _Job):
-    """Worker: yields progress, returns what to show (or a :class:`Failure`)."""
-    try:
-        result = yield from iter_segment_stack(job.model, job.data, job.axes, job.mode, job.scale, job.options,
-                                               job.params)
-        yield Progress(1, 1, "measuring")
-        return prepare(result, job.data, job.scale, job.params)
-    except Exception as err:  # shown as a message (traceback in the log), never as a traceback
-        return Failure(log.failure("segmentation failed", err))
-
-
-def _chunked_job(job: _Job, source, axes: str, channel: int | None):
-    """Worker for big or lazy layers: block by block (bounded memory), never reading the layer whole."""
-    from ..batch import DEFAULT_CHUNK, count_rows_of
-    from ..chunked import iter_segment_chunked
-
-    try:
-        res = yield from iter_segment_chunked(job.model, source, axes, mode=job.mode,
-                                              chunk=job.options.chunk or DEFAULT_CHUNK, options=job.options,
-                                              params=job.params, scale=job.scale, channel=channel)
-        import dask.array as da
-
-        result = StackResult(da.from_zarr(res.labels), res.axes, res.mode, list(res.counts), res.count_axis)
-        table = res.measurements.copy()
-        table.insert(0, "index", table["label"])
-        return Shown(result, pyramid(result.labels, lazy=True), table, count_rows_of(res), job.params)
-    except Exception as err:
-        return Failure(log.failure("segmentation failed", err))
-
-
-def _relabel_job(job: _Job, params: InstanceParams):
-    """Worker: labels for new thresholds from the cached probabilities (no network pass)."""
-    try:
-        result = relabel(job.shown.result.segmentation, job.data, job.axes, job.mode, job.scale,
-                         job.model.config.dims, params)
-        return prepare(result, job.data, job.scale, params)
-    except Exception as err:
-        return Failure(log.failure("re-labelling failed", err))
-
 
 def _warm_up_line_patterns() -> None:
     """vispy builds its line-dash patterns (~0.2 s, cached per process) when the first Labels layer is drawn;
@@ -135,7 +56,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         self._relabel_worker = None
         self._relabel_again = False
         self._pbar: progress | None = None
-        self._cache: _Job | None = None  # last finished run, with its probabilities
+        self._cache: Job | None = None  # last finished run, with its probabilities
         self._updating = False
         self.relabel_count = 0  # post-processing-only updates shown (no network pass)
         self.counts_table = None  # counts per frame/slice of the last result shown
@@ -272,7 +193,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         return (uid, self._model.value, *self.predict_form.values().values(), self._axes.value.strip().upper(),
                 self._mode.value, int(self._channel.value))
 
-    def _job(self, layer, model: CellModel) -> _Job:
+    def _job(self, layer, model: CellModel) -> Job:
         """Capture what a run segments: channel picked, RGB converted, axes checked (InputError if not).
 
         Big or lazy (dask, zarr, multiscale) layers are not read here: ``data`` stays lazy and the run
@@ -302,7 +223,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         keep = [i for i, a in enumerate(axes) if a != "C"]
         scale = tuple(float(layer.scale[i]) for i in keep)
         translate = tuple(float(layer.translate[i]) for i in keep)
-        return _Job(layer, self._key(layer), data, used, mode, scale, translate, note, model, options, params,
+        return Job(layer, self._key(layer), data, used, mode, scale, translate, note, model, options, params,
                     chunked=(axes, channel) if big else None)
 
     @staticmethod
@@ -329,9 +250,9 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         from napari.qt.threading import thread_worker
 
         if job.chunked is not None:
-            worker = thread_worker(_chunked_job, start_thread=False)(job, job.data, *job.chunked)
+            worker = thread_worker(chunked_job, start_thread=False)(job, job.data, *job.chunked)
         else:
-            worker = thread_worker(_segment_job, start_thread=False)(job)
+            worker = thread_worker(segment_job, start_thread=False)(job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda shown: self._on_returned(job, shown))
         worker.errored.connect(lambda err: self._fail(log.failure("segmentation failed", err)))
@@ -353,7 +274,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
                 pbar.reset(total=p.total)
             pbar.update(p.done - pbar.n)
 
-    def _on_returned(self, job: _Job, shown) -> None:
+    def _on_returned(self, job: Job, shown) -> None:
         if isinstance(shown, Failure):
             self._fail(shown.message)
             return
@@ -402,7 +323,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         from napari.qt.threading import thread_worker
 
         job = self._cache
-        worker = thread_worker(_relabel_job, start_thread=False)(job, params)
+        worker = thread_worker(relabel_job, start_thread=False)(job, params)
         worker.returned.connect(lambda shown: self._on_relabelled(job, shown))
         worker.errored.connect(lambda err: self._fail(log.failure("re-labelling failed", err)))
         worker.finished.connect(self._on_relabel_finished)
@@ -411,7 +332,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         worker.start()
         return True
 
-    def _on_relabelled(self, job: _Job, shown) -> None:
+    def _on_relabelled(self, job: Job, shown) -> None:
         if isinstance(shown, Failure):
             self._fail(shown.message)
         elif job is self._cache and job.layer in self._viewer.layers:
@@ -425,7 +346,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
             self._relabel_again = False
             self.relabel()
 
-    def _show(self, job: _Job, shown: Shown) -> None:
+    def _show(self, job: Job, shown: Shown) -> None:
         """Put a result into the widget's layer for ``job.layer`` (+ counts dock, points). GUI thread."""
         src, r = job.layer, shown.result
         options = {k: v for k, v in job.options.to_dict().items() if k != "diameter"}
@@ -454,7 +375,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         if self._add_points.value and job is not None and job.shown is not None and job.layer in self._viewer.layers:
             self._show_points(job)
 
-    def _show_points(self, job: _Job) -> None:
+    def _show_points(self, job: Job) -> None:
         r = job.shown.result
         diameter = r.segmentation.diameter if r.segmentation is not None else None
         self.layers.show_points(job.layer, centroids(job.shown.table, r.axes, r.mode), job.scale, job.translate,

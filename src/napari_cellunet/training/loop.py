@@ -168,6 +168,20 @@ def _validate(model: CellModel, net, val_pairs, opts, run: _Run, average, runnin
     return scores
 
 
+def _step(net, opt, batch, weights, device, layout, amp):
+    """One optimiser step on a ``(images, targets, pixel weights, distance targets)`` batch; returns the loss."""
+    x, y, w, dt = (None if t is None else t.to(device, non_blocking=True) for t in batch)
+    if layout is not None:
+        x = x.contiguous(memory_format=layout)
+    with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
+        logits = net(x)
+    loss = loss_fn(logits, y, weights, w, dt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def _set_lr(opt, cfg: TrainConfig, step: int, frac: float) -> None:
     """Cosine decay over the time budget after a short warm-up."""
     for g in opt.param_groups:
@@ -213,9 +227,9 @@ def iter_train(
     amp = resolve_precision(cfg.precision, device)
     model = CellModel(name=Path(out_path).stem, net=net, meta={
         "diameter": diameter, "normalization": {"low": 1.0, "high": 99.8}, "invert": invert,
-        "instance_params": (init.instance_params if init else InstanceParams()).to_dict(),
-        "train_config": cfg.to_dict(), "n_train_images": len(samples), "n_val_images": len(val_pairs),
-        "axes": "YX" if dims == 2 else "ZYX", **(meta or {})})
+        "instance_params": (init.instance_params if init else InstanceParams()).to_dict(), "train_config": cfg.to_dict(),
+        "n_train_images": len(samples), "n_val_images": len(val_pairs), "axes": "YX" if dims == 2 else "ZYX",
+        **(meta or {})})
     opts = PredictOptions(device=str(device), batch_size=8, backend="torch")  # the weights change: no export
     ckpt_path = Path(f"{out_path}.ckpt")
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,15 +243,7 @@ def iter_train(
     t0, budget, running = time.monotonic() - run.elapsed, cfg.minutes * 60, None
     while run.step < cfg.max_steps and time.monotonic() - t0 < budget:
         _set_lr(opt, cfg, run.step, min(1.0, (time.monotonic() - t0) / budget))
-        x, y, w, dt = (None if t is None else t.to(device, non_blocking=True) for t in next(batches))
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=layout)
-        with torch.autocast(device_type=device.type, dtype=amp, enabled=amp is not None):
-            logits = net(x)
-        loss = loss_fn(logits, y, weights, w, dt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = _step(net, opt, next(batches), weights, device, layout if device.type == "cpu" else None, amp)
         run.step += 1
         if average is not None:
             average.update(net, run.step)
