@@ -69,3 +69,41 @@ def test_train_widget_refuses_bundled_name_and_cancels(viewer, qtbot, sample, sa
     w.cancel()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert "cancel" in w.status.value and "cancel-me" not in model_names()
+
+
+def test_export_panel_writes_a_package_that_imports_back(viewer, qtbot, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    from napari_cellunet._napari.train_widget import TrainWidget
+    from napari_cellunet.export import import_bioimageio
+    from napari_cellunet.models import load_model
+
+    w = TrainWidget(viewer)
+    assert w.exporter.export(tmp_path / "out") is not None
+    qtbot.waitUntil(lambda: w.exporter._worker is None, timeout=300_000)
+    [package] = list((tmp_path / "out").glob("*.zip"))
+    assert "exported to" in w.exporter.status.value and package.stat().st_size > 1_000_000
+    path = import_bioimageio(package, name="shared-copy")
+    assert load_model(path).meta["instance_params"] == load_model("nuclei-fluo-2d").meta["instance_params"]
+
+
+def test_layers_menu_commands_run_on_the_selected_layer(viewer, qtbot, sample):
+    from napari._app_model import get_app_model
+
+    from napari_cellunet._napari.count_widget import CountWidget
+    from napari_cellunet._napari.segment_widget import SegmentWidget
+
+    image = viewer.add_image(sample[:192, :192], name="crop")
+    viewer.layers.selection.active = image
+    app = get_app_model()
+    segment = app.commands.execute_command("napari-cellunet.segment_active_layer").result()
+    assert isinstance(segment, SegmentWidget) and segment._image.value is image
+    qtbot.waitUntil(lambda: segment.worker is None, timeout=300_000)
+    labels = segment.result_layer(image)
+    assert labels is not None and labels.metadata["counts"][0] > 0
+    viewer.layers.selection.active = labels
+    count = app.commands.execute_command("napari-cellunet.count_active_layer").result()
+    assert isinstance(count, CountWidget) and count._labels.value.unique_id == labels.unique_id
+    assert count.table is not None and len(count.table) == labels.metadata["counts"][0]
+    menus = {m.command.id for menu in ("napari/layers/segment", "napari/layers/measure")
+             for m in app.menus.get_menu(menu)}
+    assert {"napari-cellunet.segment_active_layer", "napari-cellunet.count_active_layer"} <= menus

@@ -15,6 +15,7 @@ from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_info
 
+from .export_panel import ExportPanel
 from .forms import SettingsForm, section
 from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
 from .. import log
@@ -97,7 +98,8 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
         _, pair = section("training pair", [self._image, self._labels])
         _, run = section("fine-tune", [self._init, self._objects, self._name, *self.train_form.widgets.values(),
                                        self._val_share])
-        self.extend([pair, pair_buttons, self.pairs_text, run, buttons, self.result, self.status])
+        self.exporter = ExportPanel()
+        self.extend([pair, pair_buttons, self.pairs_text, run, buttons, self.result, self.status, self.exporter])
         if DEFAULT_MODEL in self._init.choices:
             self._init.value = DEFAULT_MODEL
         self._add_btn.changed.connect(lambda: self.add_pair())
@@ -200,6 +202,7 @@ class TrainWidget(Container, LayerChoices, WorkerControls):
         if result.path is not None:
             result.path.with_name(result.path.name + ".ckpt").unlink(missing_ok=True)
         notify_models_changed()
+        self.exporter.choose(result.name)
         scores = result.meta.get("val_scores_default_thresholds") or {}
         score = f", val AP@0.5 {scores['ap50']:.3f}" if "ap50" in scores else ""
         self.status.value = f"saved model {result.name!r}{score} — pick it in Segment & count"
