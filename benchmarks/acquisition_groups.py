@@ -13,7 +13,8 @@ images form one group, "rare".
 
 Held out as **shifted-val** (``SHIFTED``): the rare acquisitions (603x1272 embryo-like clusters,
 tissue-like 256x320 / 260x347 crops, one 1040x1388), 512x640 (dim, noisy, textured) and the 256x256
-cluster of small, tightly clustered nuclei with dim ones beside bright ones: 93 images, 17%: the acquisition types that the held-out test's failures look like.
+cluster of small, tightly clustered nuclei with dim ones beside bright ones: 93 images, 17%; the
+acquisition types that the held-out test's failures look like.
 ``--link`` writes symlinks for training without them: ``train`` = train images of the other groups,
 ``val`` = val images of the other groups (checkpoint selection), ``shifted`` = every image of the
 held-out groups (never trained on, never used for checkpoint selection).
@@ -71,7 +72,9 @@ def _vector(f: dict) -> list[float]:
 def compute_groups(data: Path) -> list[dict]:
     """One row per image: id, split, shape, group, features."""
     rows = []
-    for r in csv.DictReader(open(data / "index.csv")):
+    with open(data / "index.csv") as f:
+        index = list(csv.DictReader(f))
+    for r in index:
         split = r["suggested_split"]
         img = tifffile.imread(data / split / "images" / f"{r['id']}.tif")
         mask = tifffile.imread(data / split / "masks" / f"{r['id']}.tif")
@@ -96,7 +99,8 @@ def compute_groups(data: Path) -> list[dict]:
 
 
 def read_groups(path: Path = GROUPS_CSV) -> list[dict]:
-    return list(csv.DictReader(open(path)))
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def split_of(row: dict) -> str:

@@ -61,6 +61,7 @@ run (network+pre-processing / post-processing); ``derived`` is true for the idea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -161,10 +162,8 @@ def cpu_info() -> dict:
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for p in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -359,10 +358,8 @@ def worker_cellpose(img, ref, threads, repeats, seed, dtype: str, diameter: floa
     import torch
 
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
     import cv2
 
     cv2.setNumThreads(threads)
@@ -427,7 +424,8 @@ def worker_cellpose(img, ref, threads, repeats, seed, dtype: str, diameter: floa
             f"random weights; default cellprob_threshold ({fg_default:.1%} of pixels, realistic {fg_ref:.1%})")
     note += "; random flows fail the flow-error QC, so the object count is meaningless"
     rows = [dict(key=f"cellpose-{dtype}", method=f"cellpose {metadata.version('cellpose')} CPSAM {label}, "
-                 f"random weights: eval(diameter={diameter:g})" + (" [cellprob_threshold calibrated]" if calibrated else ""),
+                 f"random weights: eval(diameter={diameter:g})"
+                 + (" [cellprob_threshold calibrated]" if calibrated else ""),
                  objects=objects, derived=False, settings=settings, notes=note, **r)]
 
     # dynamics + QC on ideal flows (cellpose's training targets for the reference labels)

@@ -13,13 +13,13 @@ validation images will not generalise.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from accuracy import evaluate
 from scipy import ndimage as ndi
 
-from accuracy import evaluate
 from napari_cellunet.arrays import as_slices
 from napari_cellunet.models import DEFAULT_MODEL, load_model
 from napari_cellunet.segment import PredictOptions, segment
@@ -51,7 +51,8 @@ DEGRADATIONS: dict[str, Degrade] = {
     "photon noise, 20 photons": photon_noise(20),
     "8-bit at 15% contrast (coarse grey levels)": lambda g, rng: np.round(g * 0.15 + 30).astype(np.uint8),
     "blur, sigma 1.5 px": lambda g, rng: ndi.gaussian_filter(g, 1.5),
-    "illumination falling to 30% across the image": lambda g, rng: g * np.linspace(0.3, 1, g.shape[1], dtype=np.float32),
+    "illumination falling to 30% across the image":
+        lambda g, rng: g * np.linspace(0.3, 1, g.shape[1], dtype=np.float32),
     "gamma 0.5": lambda g, rng: (g / max(float(g.max()), 1.0)) ** 0.5,
     "gamma 2": lambda g, rng: (g / max(float(g.max()), 1.0)) ** 2,
 }
@@ -78,7 +79,7 @@ def main() -> None:
         degraded = [(n, DEGRADATIONS[name](img, rng), m) for n, img, m in pairs]
         cells = []
         for model in models:
-            s = evaluate(degraded, lambda img: segment(model, img[None], opts).labels[0])
+            s = evaluate(degraded, lambda img, model=model: segment(model, img[None], opts).labels[0])
             cells.append(f"{s['ap50']:.3f} / {s['dsb']:.3f} / {100 * s['count_error']:.1f}%")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 

@@ -43,9 +43,10 @@ STAGES = ("normalise", "size estimate", "resize", "network", "post-processing", 
 
 def cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
@@ -138,7 +139,8 @@ def main() -> None:
                     found.append((r["method"], r["seconds"], r["objects"], {}))
             for label, t, n, stages in found:
                 cells = [f"{stages[s] / mp:.3f}" if s in stages else "" for s in STAGES]
-                print(f"| {what} | {label} | {t:.2f} | {mp / t:.2f} | {t_otsu / t:.2f} | {n if n is not None else ''} | "
+                found_n = "" if n is None else n
+                print(f"| {what} | {label} | {t:.2f} | {mp / t:.2f} | {t_otsu / t:.2f} | {found_n} | "
                       + " | ".join(cells) + " |", flush=True)
                 rows.append({"image": what, "method": label, "seconds": t, "mp_per_s": mp / t, "objects": n,
                              "stages_s_per_mp": {s: v / mp for s, v in stages.items()}})

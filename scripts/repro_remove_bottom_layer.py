@@ -9,8 +9,8 @@ machine); "survived" is printed otherwise.
 
 import time
 
-import numpy as np
 import napari
+import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QApplication
 

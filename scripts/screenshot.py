@@ -21,8 +21,8 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_cellunet._napari.samples import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
 from napari_cellunet._napari.count_widget import CountWidget
+from napari_cellunet._napari.samples import load_sample_image, sample_nuclei_3d, sample_timelapse_2d
 from napari_cellunet._napari.segment_widget import SegmentWidget
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import DATA
 
 from napari_cellunet.cli import main
 from napari_cellunet.metrics import match
-
-from conftest import DATA
 
 
 def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
@@ -37,7 +36,8 @@ def test_segment_sample_happy_path(tmp_path, sample, sample_mask, capsys):
     assert len(pd.read_csv(tmp_path / "unsure" / "nuclei_measurements.csv")) > n
     # --join-weak-borders 0 keeps apart the touching objects the default (0.65) joins (on this image one pair,
     # with torch's probabilities; OpenVINO's bf16 ones differ just enough there)
-    for flags, out in ((["--backend", "torch"], "joined"), (["--backend", "torch", "--join-weak-borders", "0"], "apart")):
+    for flags, out in ((["--backend", "torch"], "joined"),
+                       (["--backend", "torch", "--join-weak-borders", "0"], "apart")):
         assert main(["segment", str(src), "-o", str(tmp_path / out), "-q", *flags]) == 0
     joined = len(pd.read_csv(tmp_path / "joined" / "nuclei_measurements.csv"))
     assert len(pd.read_csv(tmp_path / "apart" / "nuclei_measurements.csv")) > joined

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellunet.inference import (Cancelled, Progress, blending_weights, normalize_percentile, predict,
-                                       select_device, tile_starts)
+from napari_cellunet.inference import (
+    Cancelled,
+    Progress,
+    blending_weights,
+    normalize_percentile,
+    predict,
+    select_device,
+    tile_starts,
+)
 from napari_cellunet.metrics import match
 from napari_cellunet.segment import labels_from_probabilities, normalize_for_model
 
@@ -38,7 +45,7 @@ def test_tiled_equals_untiled(bundled_model, sample):
     # probabilities are expected (stage 3: 99th percentile 0.08, stage 4: 0.10); the labels must agree
     assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.15
     np.testing.assert_allclose(whole[:, :3].sum(1), 1, atol=1e-4)  # class probabilities
-    assert 0 <= whole[:, 3:].min() and whole[:, 3:].max() <= 1  # the distance output, if any
+    assert whole[:, 3:].min() >= 0 and whole[:, 3:].max() <= 1  # the distance output, if any
     params = bundled_model.instance_params
     a = labels_from_probabilities(whole, params, bundled_model.diameter)[0]
     b = labels_from_probabilities(tiled, params, bundled_model.diameter)[0]

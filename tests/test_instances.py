@@ -2,15 +2,21 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
+from conftest import disc_image
 from scipy import ndimage as ndi
 
-from napari_cellunet.postprocess import (BOUNDARY, INTERIOR, drop_unconfident, join_weak_borders, merge_flickers,
-                                         merge_fragments, probabilities_to_labels, remove_small)
+from napari_cellunet.postprocess import (
+    BOUNDARY,
+    INTERIOR,
+    drop_unconfident,
+    join_weak_borders,
+    merge_flickers,
+    merge_fragments,
+    probabilities_to_labels,
+    remove_small,
+)
 from napari_cellunet.settings import InstanceParams
 from napari_cellunet.training import labels_to_targets
-
-from conftest import disc_image
 
 
 def probs_from_labels(labels):

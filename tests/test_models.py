@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from napari_cellunet import models
-from napari_cellunet.models import (DEFAULT_MODEL, ModelError, load_model, model_names, read_model_file,
-                                    save_model, save_user_model)
+from napari_cellunet.models import (
+    DEFAULT_MODEL,
+    ModelError,
+    load_model,
+    model_names,
+    read_model_file,
+    save_model,
+    save_user_model,
+)
 from napari_cellunet.unet import UNet, UNetConfig
 
 

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_npe2_validate_installed_manifest():
     npe2 = shutil.which("npe2", path=str(Path(sys.executable).parent))
-    out = subprocess.run([npe2 or "npe2", "validate", "napari-cellunet"], capture_output=True, text=True, encoding="utf-8",
-                         errors="replace")
+    out = subprocess.run([npe2 or "npe2", "validate", "napari-cellunet"], capture_output=True, text=True,
+                         encoding="utf-8", errors="replace")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in (out.stdout + out.stderr).lower()
 

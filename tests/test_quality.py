@@ -2,10 +2,10 @@
 
 import numpy as np
 
+from napari_cellunet.inference import drive
 from napari_cellunet.postprocess.quality import CHECK_ABOVE, per_unit, uncertainty
 from napari_cellunet.segment import PredictOptions, segment
 from napari_cellunet.stacks import iter_segment_stack
-from napari_cellunet.inference import drive
 
 
 def test_uncertainty_bounds():

@@ -5,8 +5,18 @@ from dataclasses import dataclass, fields
 
 import pytest
 
-from napari_cellunet.settings import (AUTO, AugmentConfig, InstanceParams, PredictOptions, SettingError, TrainConfig,
-                                      add_arguments, from_args, setting, specs)
+from napari_cellunet.settings import (
+    AUTO,
+    AugmentConfig,
+    InstanceParams,
+    PredictOptions,
+    SettingError,
+    TrainConfig,
+    add_arguments,
+    from_args,
+    setting,
+    specs,
+)
 
 
 @pytest.mark.parametrize("cls, name, bad", [

@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import tifffile
+from conftest import DATA
 
 from napari_cellunet.inference import drive
 from napari_cellunet.measure import count_rows, measure_stack
@@ -12,8 +13,6 @@ from napari_cellunet.segment import Segmentation, normalize_for_model
 from napari_cellunet.settings import InstanceParams
 from napari_cellunet.stacks import default_mode, iter_segment_stack, volume_labels
 from napari_cellunet.training import labels_to_targets
-
-from conftest import DATA
 
 
 def assemble(seg, axes, mode, lead, images=None):

@@ -14,8 +14,8 @@ def viewer(make_napari_viewer):
 
 
 def test_train_widget_fine_tunes_and_saves(viewer, qtbot, sample, sample_mask):
-    from napari_cellunet._napari.train_widget import TrainWidget
     from napari_cellunet._napari.segment_widget import SegmentWidget
+    from napari_cellunet._napari.train_widget import TrainWidget
     from napari_cellunet.models import load_model, model_names
 
     img = viewer.add_image(sample[:256, :256], name="crop")

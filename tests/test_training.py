@@ -2,19 +2,35 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import disc_image
 
 from napari_cellunet.arrays import to_grey
-from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.inference import drive, iter_predict
 from napari_cellunet.models import load_model
-from napari_cellunet.training import (AugmentConfig, add_noise, TrainConfig, TrainState, augment, batch_stream,
-                                      brightness_field, add_halos, add_speckles, add_texture, contact_weights, distance_target,
-                                      iter_train,
-                                      keep_largest_fragment, labels_to_targets, make_batch, make_sample,
-                                      sampling_weights, tune_thresholds, WeightAverage)
+from napari_cellunet.segment import normalize_for_model
 from napari_cellunet.settings import InstanceParams
-
-from conftest import disc_image
+from napari_cellunet.training import (
+    AugmentConfig,
+    TrainConfig,
+    TrainState,
+    WeightAverage,
+    add_halos,
+    add_noise,
+    add_speckles,
+    add_texture,
+    augment,
+    batch_stream,
+    brightness_field,
+    contact_weights,
+    distance_target,
+    iter_train,
+    keep_largest_fragment,
+    labels_to_targets,
+    make_batch,
+    make_sample,
+    sampling_weights,
+    tune_thresholds,
+)
 
 
 def test_targets_separate_touching_objects():
@@ -108,7 +124,7 @@ def test_tiny_training_run_saves_loadable_model(tmp_path):
 def test_distance_target_peaks_once_per_object_also_where_objects_touch():
     _, lab = disc_image(centers=((48, 38), (48, 58)), radius=11)  # two overlapping (touching) discs
     t = distance_target(lab)
-    assert t[lab == 0].max() == 0 and 0 <= t.min() and t.max() == 1
+    assert t[lab == 0].max() == 0 and t.min() >= 0 and t.max() == 1
     for i, cx in ((1, 38), (2, 58)):
         assert t[lab == i].max() == 1 and t[48, cx] > 0.8  # 1 near each centre
     assert t[48, 48] < 0.2  # low on the line where they touch
@@ -132,7 +148,7 @@ def test_distance_training_adds_an_output_and_keeps_the_class_outputs(tmp_path):
     p_plain = drive(iter_predict(plain.net, x, precision="fp32"))
     p_grown = drive(iter_predict(grown.net, x, precision="fp32"))
     assert p_grown.shape == (1, 4, 96, 96) and np.allclose(p_grown[:, :3], p_plain, atol=1e-5)
-    assert 0 <= p_grown[:, 3].min() and p_grown[:, 3].max() <= 1
+    assert p_grown[:, 3].min() >= 0 and p_grown[:, 3].max() <= 1
     trained = drive(iter_train(pairs[:2], pairs[2:], tmp_path / "d.pt", replace(cfg, distance=True)))
     assert load_model(tmp_path / "d.pt").config.distance and trained.meta["history"]
 
@@ -186,7 +202,8 @@ def test_tune_thresholds_picks_best():
     t = labels_to_targets(labels)
     p = np.stack([(t == 0), (t == 1) * 0.45, (t == 2) + (t == 1) * 0.55]).astype(np.float32)[None]
     best, scores = tune_thresholds([(p, 22.0)], [labels], InstanceParams(min_size=5))
-    assert scores["ap50"] == 1.0 and scores["count_error"] == 0 and best.seed_threshold < 0.45  # only a low seed threshold finds the cells
+    # only a low seed threshold finds the cells
+    assert scores["ap50"] == 1.0 and scores["count_error"] == 0 and best.seed_threshold < 0.45
     # with a distance output the seed grid is the distance one: here only 0.45 separates the two hills
     yy, xx = np.indices(labels.shape)
     hills = np.minimum(0.47, np.maximum(*[1 - np.hypot(yy - 48, xx - cx) / 17.2 for cx in (38, 58)])) * (labels > 0)
@@ -199,8 +216,8 @@ def test_tune_thresholds_picks_best():
 
 def test_tiny_3d_unet_trains_and_segments_a_volume(tmp_path):
     import tifffile
-
     from conftest import DATA
+
     from napari_cellunet.stacks import iter_segment_stack
 
     vol = tifffile.imread(DATA / "img3d.tif")

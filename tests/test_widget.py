@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-pytestmark = pytest.mark.gui
+from conftest import DATA, WAIT_MS, docked, fake_segmenter, layers_of, run_and_wait, set_and_relabel
 
 from napari_cellunet.settings import InstanceParams, PredictOptions
 
-from conftest import DATA, WAIT_MS, docked, fake_segmenter, layers_of, run_and_wait, set_and_relabel
+pytestmark = pytest.mark.gui
 
 
 @pytest.fixture

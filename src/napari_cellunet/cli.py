@@ -77,7 +77,8 @@ def cmd_models(args) -> int:
     for e in entries:
         try:
             meta = read_model_file(e.path).get("meta", {})
-            ap50 = (meta.get("val_scores_tuned_thresholds") or meta.get("val_scores_default_thresholds") or {}).get("ap50")
+            scores = meta.get("val_scores_tuned_thresholds") or meta.get("val_scores_default_thresholds") or {}
+            ap50 = scores.get("ap50")
             ap = f"  val AP@0.5 {ap50:.3f}" if ap50 else ""
             d = f"  diameter {meta['diameter']:.0f}px" if meta.get("diameter") else ""
             print(f"{e.name:<28} {e.source:<8}{d}{ap}  {e.path}")

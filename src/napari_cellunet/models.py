@@ -260,7 +260,8 @@ def _mismatch(err: Exception) -> str:
     """One line for a state-dict mismatch (torch's message lists every key)."""
     text = str(err)
     parts = []
-    for label, key in (("missing", "Missing key(s) in state_dict:"), ("unexpected", "Unexpected key(s) in state_dict:")):
+    for label, key in (("missing", "Missing key(s) in state_dict:"),
+                       ("unexpected", "Unexpected key(s) in state_dict:")):
         if key in text:
             listed = text.split(key, 1)[1].split("\n", 1)[0]
             parts.append(f"{len(re.findall(QUOTED, listed))} {label}")

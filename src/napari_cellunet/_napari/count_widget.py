@@ -20,8 +20,8 @@ from ..arrays import InputError, check_axes, to_grey
 from ..measure import as_instance_labels, count_rows, measure_stack
 from ..stacks import MODES, resolve_mode
 from .forms import section
-from .results import count_text
 from .jobs import layer_axes
+from .results import count_text
 from .widget_parts import LayerChoices, Messages, full_resolution, wrapping_label
 
 if TYPE_CHECKING:

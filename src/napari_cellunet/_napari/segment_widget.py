@@ -11,6 +11,7 @@ viewer never waits. Qt itself is only imported (through napari's
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,10 +121,8 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
 
     def refresh_models(self) -> None:
         """Re-read the bundled and user model folders (also done whenever layers change)."""
-        try:
+        with contextlib.suppress(RuntimeError):  # the dock was closed and its Qt widgets deleted: nothing to do
             self._model.reset_choices()
-        except RuntimeError:  # the dock was closed and its Qt widgets deleted: nothing to refresh
-            pass
 
     def _select_active(self, viewer) -> None:
         """Preselect the active image layer (also when another image becomes active)."""

@@ -15,16 +15,23 @@ from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_info
 
-from .export_panel import ExportPanel
-from .forms import SettingsForm, section
-from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
 from .. import log
 from ..arrays import InputError, as_slices
 from ..inference import Progress
-from ..models import (DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, notify_models_changed,
-                     user_model_path)
+from ..models import (
+    DEFAULT_MODEL,
+    CellModel,
+    ModelError,
+    load_model,
+    model_names,
+    notify_models_changed,
+    user_model_path,
+)
 from ..settings import FINE_TUNE_IN_NAPARI, AugmentConfig, TrainConfig
 from ..training import TrainState, iter_train
+from .export_panel import ExportPanel
+from .forms import SettingsForm, section
+from .widget_parts import Failure, LayerChoices, WorkerControls, full_resolution, wrapping_label
 
 if TYPE_CHECKING:
     import napari

@@ -21,14 +21,24 @@ import numpy as np
 
 from ..arrays import count_objects, label_dtype
 from ..settings import InstanceParams
-from .quality import CHECK_ABOVE, per_unit, uncertainty
 from .objects import drop_dim_objects, drop_unconfident, filter_dim_objects, join_weak_borders, merge_fragments
-from .seeds import (BACKGROUND, BOUNDARY, DISTANCE, INTERIOR, default_min_size,
-                    labels_from_probabilities, probabilities_to_labels, remove_small, typical_size)
+from .quality import CHECK_ABOVE, per_unit, uncertainty
+from .seeds import (
+    BACKGROUND,
+    BOUNDARY,
+    DISTANCE,
+    INTERIOR,
+    default_min_size,
+    labels_from_probabilities,
+    probabilities_to_labels,
+    remove_small,
+    typical_size,
+)
 from .stacks import merge_flickers, volume_labels
 
 __all__ = ["BACKGROUND", "BOUNDARY", "DISTANCE", "INTERIOR", "Labelled", "default_min_size",
-           "drop_dim_objects", "drop_unconfident", "filter_dim_objects", "join_weak_borders", "labels_from_probabilities",
+           "drop_dim_objects", "drop_unconfident", "filter_dim_objects", "join_weak_borders",
+           "labels_from_probabilities",
            "merge_flickers", "merge_fragments", "postprocess", "probabilities_to_labels", "remove_small",
            "typical_size", "uncertainty", "unique_ids", "volume_labels"]
 

@@ -10,10 +10,27 @@ crops and batches in :mod:`.data`; every setting in :mod:`napari_cellunet.settin
 """
 
 from ..settings import AugmentConfig, TrainConfig
-from .augment import (add_halos, add_noise, add_speckles, add_texture, augment, brightness_field, defocus_objects,
-                      dim_objects, paste_objects)
-from .data import (Sample, batch_stream, load_folder_pairs, make_batch, make_sample, random_crop, rescale_pair,
-                   sampling_weights)
+from .augment import (
+                      add_halos,
+                      add_noise,
+                      add_speckles,
+                      add_texture,
+                      augment,
+                      brightness_field,
+                      defocus_objects,
+                      dim_objects,
+                      paste_objects,
+)
+from .data import (
+                      Sample,
+                      batch_stream,
+                      load_folder_pairs,
+                      make_batch,
+                      make_sample,
+                      random_crop,
+                      rescale_pair,
+                      sampling_weights,
+)
 from .loop import TrainState, WeightAverage, iter_train, loss_fn
 from .targets import contact_weights, distance_target, keep_largest_fragment, labels_to_targets, touching_other
 from .tuning import threshold_objective, tune_thresholds, val_scores
@@ -22,5 +39,6 @@ __all__ = ["AugmentConfig", "Sample", "TrainConfig", "TrainState", "WeightAverag
            "add_speckles", "add_texture", "augment", "batch_stream", "brightness_field", "contact_weights",
            "defocus_objects", "dim_objects", "distance_target", "iter_train", "keep_largest_fragment",
            "labels_to_targets", "load_folder_pairs", "loss_fn", "make_batch", "make_sample", "paste_objects",
-           "random_crop", "rescale_pair", "sampling_weights", "threshold_objective", "touching_other", "tune_thresholds",
+           "random_crop", "rescale_pair", "sampling_weights", "threshold_objective", "touching_other",
+           "tune_thresholds",
            "val_scores"]

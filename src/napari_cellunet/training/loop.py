@@ -227,7 +227,8 @@ def iter_train(
     amp = resolve_precision(cfg.precision, device)
     model = CellModel(name=Path(out_path).stem, net=net, meta={
         "diameter": diameter, "normalization": {"low": 1.0, "high": 99.8}, "invert": invert,
-        "instance_params": (init.instance_params if init else InstanceParams()).to_dict(), "train_config": cfg.to_dict(),
+        "instance_params": (init.instance_params if init else InstanceParams()).to_dict(),
+        "train_config": cfg.to_dict(),
         "n_train_images": len(samples), "n_val_images": len(val_pairs), "axes": "YX" if dims == 2 else "ZYX",
         **(meta or {})})
     opts = PredictOptions(device=str(device), batch_size=8, backend="torch")  # the weights change: no export
