@@ -1,6 +1,7 @@
 """Screenshots of the real napari window for the README (run under Xvfb on a headless machine).
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [2d] [timelapse] [3d] [train] [lowlight]
+                                                                         [menu] [bigdata]
 
 Writes docs/screenshot_segment.png (Segment & count docked after a run on the
 sample) and docs/screenshot_count.png (Count labels docked after counting the
@@ -8,7 +9,9 @@ result layer) for ``2d``; docs/screenshot_timelapse.png (time-lapse sample in
 frames mode with its counts dock) for ``timelapse``; docs/screenshot_3d.png
 (3D sample in 3d mode, 3D view) for ``3d``; docs/screenshot_train.png (Train widget after
 a 30-second fine-tune) for ``train``; docs/screenshot_lowlight.png (a noisy copy of the sample,
-segmented by the default and the low-light model) for ``lowlight``. Without arguments: all of them.
+segmented by the default and the low-light model) for ``lowlight``; docs/screenshot_menu.png (napari's
+Layers > Segment menu, the whole screen) for ``menu``; docs/screenshot_bigdata.png (an 8192² dask layer
+during its block-by-block run) for ``bigdata``. Without arguments: all of them.
 """
 
 from __future__ import annotations
@@ -118,9 +121,72 @@ def volume() -> int:
     return 0
 
 
+def grab_screen(app: QApplication, name: str, window=None) -> Path:
+    """The screen where ``window`` is, menus included (viewer.screenshot sees only the main window)."""
+    settle(app, 0.5)
+    path = DOCS / name
+    g = window.frameGeometry() if window is not None else app.primaryScreen().geometry()
+    app.primaryScreen().grabWindow(0, g.x(), g.y(), g.width(), g.height()).save(str(path))
+    print(f"wrote {path}")
+    return path
+
+
+def menu() -> int:
+    """napari's Layers > Segment menu with the plugin's command (and the image layer selected)."""
+    viewer, app = new_viewer()
+    viewer.window._qt_window.resize(1000, 640)
+    image = viewer.add_image(load_sample_image(), name="nuclei", colormap="gray")
+    viewer.layers.selection.active = image
+    settle(app, 1.0)
+    window = viewer.window._qt_window
+    bar = window.menuBar()
+    layers = next(a.menu() for a in bar.actions() if a.text().replace("&", "") == "Layers")
+    pos = window.mapToGlobal(bar.actionGeometry(next(a for a in bar.actions() if a.menu() is layers)).bottomLeft())
+    layers.popup(pos)
+    settle(app, 0.5)
+    segment = next(a for a in layers.actions() if a.text().replace("&", "").startswith("Segment"))
+    layers.setActiveAction(segment)
+    segment.menu().popup(layers.mapToGlobal(layers.actionGeometry(segment).topRight()))
+    grab_screen(app, "screenshot_menu.png", window)
+    segment.menu().close()
+    layers.close()
+    viewer.close()
+    return 0
+
+
+def bigdata() -> int:
+    """A 8192² dask layer being segmented block by block: progress, the viewer still live."""
+    import dask.array as da
+
+    viewer, app = new_viewer()
+    big = da.from_array(np.tile(load_sample_image(), (16, 16)), chunks=1024)
+    image = viewer.add_image(big, name="slide (8192², dask)", colormap="gray", contrast_limits=(0, 4000))
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment & count", area="right")
+    seg._image.value = image
+    seg.setting("diameter").value = 25
+    if seg.run() is None:
+        print(f"run failed: {seg.status.value}", file=sys.stderr)
+        return 1
+    while "block 4/" not in seg.status.value and seg.worker is not None:
+        settle(app, 0.2)
+    viewer.camera.zoom = 0.12
+    save(viewer, app, "screenshot_bigdata.png")
+    print(f"bigdata: {seg.status.value}")
+    seg.cancel()
+    while seg.worker is not None:
+        settle(app, 0.2)
+    viewer.close()
+    return 0
+
+
 def main() -> int:
     DOCS.mkdir(exist_ok=True)
-    which = set(sys.argv[1:]) or {"2d", "timelapse", "3d", "train", "lowlight"}
+    which = set(sys.argv[1:]) or {"2d", "timelapse", "3d", "train", "lowlight", "menu", "bigdata"}
+    if "menu" in which:
+        menu()
+    if "bigdata" in which:
+        bigdata()
     rc = 0
     if "2d" in which:
         rc |= flat()
