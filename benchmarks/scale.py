@@ -39,12 +39,13 @@ def mirror_index(n: int, period: int) -> np.ndarray:
 
 
 def make_input(path: Path, case: str) -> tuple[str, tuple]:
-    """Write the synthetic input zarr for ``case`` (``"4096"`` or ``"3d"``) chunk by chunk."""
+    """Write the synthetic input zarr for ``case`` (``"4096"``, ``"3d"`` or ``"3d50"``) chunk by chunk."""
     import tifffile
     import zarr
 
-    if case == "3d":
-        src, shape, chunks, axes = tifffile.imread(DATA / "nuclei_3d.tif"), (200, 2048, 2048), (16, 512, 512), "ZYX"
+    if case.startswith("3d"):  # "3d" is 200 planes; "3d50" 50 planes of 2048 x 2048
+        depth = int(case[2:] or 200)
+        src, shape, chunks, axes = tifffile.imread(DATA / "nuclei_3d.tif"), (depth, 2048, 2048), (16, 512, 512), "ZYX"
     else:
         n = int(case)
         src, shape, chunks, axes = tifffile.imread(DATA / "nuclei_2d.tif"), (n, n), (CHUNK, CHUNK), "YX"
@@ -112,7 +113,7 @@ def measure(cmd: list[str]) -> tuple[dict, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="4096,8192,16384,3d", help="comma list of N (2D N x N) and/or 3d")
+    ap.add_argument("--sizes", default="4096,8192,16384,3d", help="comma list of N (2D N x N), 3d, 3dZ (Z planes)")
     ap.add_argument("--engines", default="local,cluster", help="comma list of local, cluster, memory")
     ap.add_argument("--workdir", default=None, help="where inputs/outputs go (default: a temp dir)")
     ap.add_argument("--_case", nargs=4, help=argparse.SUPPRESS)

@@ -21,9 +21,10 @@ import pandas as pd
 import tifffile
 
 from napari_cellunet.inference import drive
+from napari_cellunet.measure import count_rows
 from napari_cellunet.metrics import iou_matrix
 from napari_cellunet.models import DEFAULT_MODEL, load_model
-from napari_cellunet.stacks import count_rows, iter_segment_stack
+from napari_cellunet.stacks import iter_segment_stack
 
 
 def report(name: str, ok: bool, detail: str) -> None:

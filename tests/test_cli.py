@@ -1,3 +1,4 @@
+import signal
 import subprocess
 import sys
 
@@ -148,12 +149,15 @@ def test_train_cli_tiny(tmp_path, sample, sample_mask):
     assert cfg["contact_weight"] == 0 and cfg["augment"]["halo_prob"] == 0 and cfg["augment"]["field_prob"] == 0
     assert cfg["augment"]["texture_prob"] == 0
     assert "val_scores_tuned_thresholds" in meta
-    # loader workers, and no threshold search: the start model's thresholds are kept
+    # loader workers, and no threshold search: the start model's thresholds are kept; the process's
+    # SIGCHLD handler is left as it was (torch's loader leaves its own, which later crashed the suite)
+    sigchld = signal.getsignal(signal.SIGCHLD)
     code = main(["train", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--out", str(tmp_path / "w.pt"), "--init", "nuclei-fluo-2d", "--minutes", "0.05",
                  "--batch-size", "2", "--crop", "64", "--workers", "1", "--no-tune",
                  "--noise-std", "0.2", "--shot-noise-prob", "0.3", "--quantize-prob", "0.1"])
     assert code == 0
+    assert signal.getsignal(signal.SIGCHLD) == sigchld
     trained = load_model(tmp_path / "w.pt")
     assert trained.meta["train_config"]["workers"] == 1 and "val_scores_tuned_thresholds" not in trained.meta
     noise = {k: trained.meta["train_config"]["augment"][k] for k in ("noise_std", "shot_noise_prob", "quantize_prob")}

@@ -6,6 +6,9 @@ make them, so any number of workers gives the same batches.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,4 +185,25 @@ def batch_stream(samples: Sequence[Sample], cfg: TrainConfig, rng: np.random.Gen
             yield batches.draw(rng)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers,
                                          sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4)
-    yield from loader
+    with _sigchld_restored():
+        yield from loader
+
+
+@contextlib.contextmanager
+def _sigchld_restored():
+    """Put back the process's SIGCHLD handler when the loader's workers are gone.
+
+    torch's loader installs a process-wide SIGCHLD handler once and leaves it; every
+    later child exit (a subprocess, a virtual display) then runs it, and after a run
+    with workers this crashed the host process (seen as a segfault in the test suite).
+    """
+    from torch.utils.data._utils import signal_handling
+
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGCHLD")
+    before = signal.getsignal(signal.SIGCHLD) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
+            signal_handling._SIGCHLD_handler_set = False  # a later loader installs its own again
