@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -69,7 +70,8 @@ def test_cancel_a_big_run_within_two_seconds(viewer, qtbot, sample):
     w = docked(viewer, SegmentWidget)
     w.setting("chunk").value = 512
     worker = w.run()
-    qtbot.waitUntil(lambda: "block" in w.status.value, timeout=WAIT_MS)
+    # "block 3/64": one count (the worker's), not the progress total appended again
+    qtbot.waitUntil(lambda: re.fullmatch(r"block \d+/\d+", w.status.value) is not None, timeout=WAIT_MS)
     t0 = time.perf_counter()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         w.cancel()

@@ -12,6 +12,7 @@ viewer never waits. Qt itself is only imported (through napari's
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -266,7 +267,8 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         return worker
 
     def _on_progress(self, p: Progress) -> None:
-        self.status.value = f"{p.message} {p.done}/{p.total}" if p.total > 1 else p.message
+        counted = p.total <= 1 or re.search(r"\d+/\d+", p.message)  # "block 3/16" says it already
+        self.status.value = p.message if counted else f"{p.message} {p.done}/{p.total}"
         pbar = self._pbar  # napari's bar processes events: `finished` may run while it updates
         if pbar is not None:
             if pbar.total != p.total:
