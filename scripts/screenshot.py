@@ -160,7 +160,7 @@ def bigdata() -> int:
 
     viewer, app = new_viewer()
     big = da.from_array(np.tile(load_sample_image(), (16, 16)), chunks=1024)
-    image = viewer.add_image(big, name="slide (8192², dask)", colormap="gray", contrast_limits=(0, 4000))
+    image = viewer.add_image(big, name="slide (8192², dask)", colormap="gray", contrast_limits=(0, 220))
     seg = SegmentWidget(viewer)
     viewer.window.add_dock_widget(seg, name="Segment & count", area="right")
     seg._image.value = image
@@ -170,7 +170,7 @@ def bigdata() -> int:
         return 1
     while "block 4/" not in seg.status.value and seg.worker is not None:
         settle(app, 0.2)
-    viewer.camera.zoom = 0.12
+    viewer.camera.zoom = 0.35
     save(viewer, app, "screenshot_bigdata.png")
     print(f"bigdata: {seg.status.value}")
     seg.cancel()

@@ -250,6 +250,8 @@ def _openvino_compiled(net: UNet, version: tuple, precision: str):
 def _on_device(net: UNet, dev: torch.device, channels_last: bool):
     """The network in eval mode on ``dev`` (channels-last on the CPU, as oneDNN prefers) and its layout."""
     net = net.to(dev).eval()
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # tiles have one shape: let cuDNN pick its fastest kernels
     if dev.type != "cpu":
         return net, None
     layout = (torch.channels_last if net.config.dims == 2 else torch.channels_last_3d) if channels_last \
