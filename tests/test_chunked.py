@@ -244,3 +244,33 @@ def test_local_cluster_equals_local_scheduler(model, sample, tmp_path):
     assert dist.counts == local.counts
     assert dist.measurements.equals(local.measurements)
     print(f"2-worker LocalCluster run: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_4096_image_in_1024_blocks_matches_in_memory(model, sample):
+    """The issue's acceptance case at full size: 4096² cut into 1024² blocks."""
+    image = mirror_tile(sample, (4096, 4096))
+    ref = segment(model, image[None]).labels[0]
+    res = segment_chunked(model, image, "YX", chunk=1024)
+    assert len(res.blocks) == 16
+    check_identical(ref, np.asarray(res.labels[...]), res.blocks, min_crossing=100)
+
+
+@pytest.mark.slow
+def test_cli_on_a_two_worker_cluster_writes_the_local_labels(sample, tmp_path):
+    """`cellunet segment x.zarr --workers 2` (a LocalCluster) writes what the local scheduler writes."""
+    import pandas as pd
+
+    from napari_cellunet.cli import main
+
+    src = zarr.create_array(store=str(tmp_path / "slide.zarr"), shape=(768, 640), chunks=(256, 256),
+                            dtype=sample.dtype)
+    src[...] = mirror_tile(sample, (768, 640))
+    outs = {}
+    for name, extra in (("local", []), ("cluster", ["--workers", "2"])):
+        assert main(["segment", str(tmp_path / "slide.zarr"), "-o", str(tmp_path / name), "--chunk", "256",
+                     "--quiet", *extra]) == 0
+        outs[name] = (zarr.open_array(str(tmp_path / name / "slide_labels.zarr"), mode="r")[...],
+                      pd.read_csv(tmp_path / name / "counts.csv")["count"].tolist())
+    np.testing.assert_array_equal(outs["cluster"][0], outs["local"][0])
+    assert outs["cluster"][1] == outs["local"][1] and outs["local"][1][0] > 100

@@ -183,8 +183,11 @@ def batch_stream(samples: Sequence[Sample], cfg: TrainConfig, rng: np.random.Gen
     if cfg.workers <= 0:
         while True:
             yield batches.draw(rng)
+    # spawned, not forked: a fork of a process with running threads (napari, OpenVINO, OpenMP) can
+    # inherit a held lock and hang (seen in the test suite)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=cfg.workers,
-                                         sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4)
+                                         sampler=range(start, cfg.max_steps), pin_memory=pin, prefetch_factor=4,
+                                         multiprocessing_context="spawn", persistent_workers=False)
     with _sigchld_restored():
         yield from loader
 
