@@ -251,3 +251,46 @@ def test_probabilities_to_labels_joins_a_nucleus_cut_by_its_distance_output():
     params = InstanceParams(min_size=5, seed_threshold=0.6, merge_fragments=0)
     assert probabilities_to_labels(p, replace(params, join_weak_borders=0), diameter=26).max() == 5
     assert probabilities_to_labels(p, params, diameter=26).max() == 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distance_peaks_equal_skimage_including_plateaus(seed):
+    """The fast peak search returns exactly skimage's peaks, in its order, also with ties and flat areas."""
+    from skimage.feature import peak_local_max
+
+    from napari_cellunet.postprocess.seeds import distance_peaks
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((160, 190)), 2 + seed % 3)
+    levels = [None, 40, 12][seed % 3]  # quantised: many equal neighbours (plateaus)
+    if levels:
+        field = np.round(field * levels / field.max()).astype(np.float32)
+    field[:20, :30] = field.min()  # a flat region at the minimum
+    for min_distance in (1, 2, 3, 6, 11):
+        ours = distance_peaks(field, min_distance)
+        theirs = peak_local_max(field, min_distance=min_distance, exclude_border=False)
+        np.testing.assert_array_equal(ours, theirs)
+    assert len(distance_peaks(np.ones((20, 20), np.float32), 3)) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_watershed_by_regions_equals_one_watershed(seed):
+    """Flooding region groups on their boxes gives exactly the labels of one flood over the image."""
+    from skimage.segmentation import watershed
+
+    from napari_cellunet.postprocess.seeds import watershed_by_regions
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.random((300, 260)), 3)
+    mask = field > np.quantile(field, 0.45)
+    regions, n = ndi.label(mask)
+    # continuous values: skimage leaves the order of marker pixels with exactly equal values open
+    landscape = ndi.gaussian_filter(rng.random(mask.shape), 1).astype(np.float32)
+    markers = np.zeros(mask.shape, np.int32)
+    points = rng.integers(0, mask.shape, size=(400, 2))
+    markers[tuple(points.T)] = np.arange(1, 401)
+    markers[~mask] = 0
+    ours = watershed_by_regions(landscape, markers, regions, n, tile=16)  # many groups
+    theirs = watershed(landscape, markers, mask=mask)
+    assert n > 20 and ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)

@@ -40,6 +40,40 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     return edt.edt(np.ascontiguousarray(mask), parallel=1).astype(np.float32, copy=False)
 
 
+def distance_peaks(image: np.ndarray, min_distance: int) -> np.ndarray:
+    """``skimage.feature.peak_local_max(image, min_distance=..., exclude_border=False)``, same result, faster.
+
+    A pixel is a peak where it is the maximum of its (2 min_distance + 1) window and above
+    the image minimum; peaks are ordered brightest first. skimage then drops peaks closer
+    than ``min_distance`` (Chebyshev) to a brighter kept one, with a KD-tree query per peak.
+    Two peaks that close lie in each other's window, so they can only be ties (plateaus):
+    that pass is run on the tied peaks alone, in the same order.
+    """
+    from scipy.spatial import cKDTree
+
+    image_max = ndi.maximum_filter(image, size=2 * min_distance + 1, mode="nearest")
+    mask = image == image_max
+    if mask.all():  # a flat image has no peak
+        return np.zeros((0, image.ndim), dtype=np.intp)
+    mask &= image > image.min()
+    coord = np.transpose(np.nonzero(mask))
+    coord = coord[np.argsort(-image[mask], kind="stable")]
+    if min_distance <= 1 or len(coord) < 2:
+        return coord
+    reach = min_distance - 1  # integer coordinates: Chebyshev distance < min_distance
+    pairs = cKDTree(coord).query_pairs(reach, p=np.inf, output_type="ndarray")
+    if not len(pairs):
+        return coord
+    tied = np.unique(pairs)  # ascending = brightest first
+    rejected = np.zeros(len(tied), dtype=bool)
+    for i, near in enumerate(cKDTree(coord[tied]).query_ball_point(coord[tied], reach, p=np.inf)):
+        if not rejected[i]:
+            rejected[[j for j in near if j != i]] = True
+    keep = np.ones(len(coord), dtype=bool)
+    keep[tied[rejected]] = False
+    return coord[keep]
+
+
 def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
     """Split seed components at peaks of their (smoothed) distance transform.
 
@@ -50,11 +84,9 @@ def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, 
     several times slower on images with hundreds of nuclei; a peak suppressed by
     a neighbour's only means its component keeps one seed).
     """
-    from skimage.feature import peak_local_max
-
     dist = ndi.gaussian_filter(distance_transform(pieces > 0), 1.0, output=np.float32)
     min_distance = max(2, int(round(0.4 * diameter)))
-    peaks = peak_local_max(dist, min_distance=min_distance, exclude_border=False)
+    peaks = distance_peaks(dist, min_distance)
     if len(peaks):
         peaks = peaks[pieces[tuple(peaks.T)] > 0]
     seeds = np.zeros(pieces.shape, dtype=np.int32)
@@ -64,6 +96,35 @@ def split_by_distance(pieces: np.ndarray, diameter: float) -> tuple[np.ndarray, 
     orphans = ~has_peak[pieces] & (pieces > 0)
     seeds = np.where(orphans, pieces + len(peaks), seeds)
     return seeds, -dist
+
+
+def watershed_by_regions(landscape: np.ndarray, markers: np.ndarray, regions: np.ndarray, n_regions: int,
+                         tile: int = 256) -> np.ndarray:
+    """``watershed(landscape, markers, mask=regions > 0)`` (2D), the same labels, flooded region by region.
+
+    ``regions`` are the 4-connected components of the mask (``ndi.label``), which never
+    touch, so each floods on its own, in the same order as in one flood of the whole image
+    (skimage orders its heap by value, then push order; only marker pixels with exactly equal
+    values have no defined order, there or here). Regions are flooded in groups (by the
+    ``tile`` cell their box starts in) on the group's bounding box: one heap over a whole
+    big image is superlinear (3 s of 16 MP).
+    """
+    if regions.ndim != 2 or regions.size <= 4 * tile * tile or n_regions < 2:
+        return watershed(landscape, markers, mask=regions > 0)
+    box_array = np.array([(y.start, x.start, y.stop, x.stop) for y, x in ndi.find_objects(regions)])
+    lo, hi = box_array[:, :2], box_array[:, 2:]
+    group = lo[:, 0] // tile * (-(-regions.shape[1] // tile)) + lo[:, 1] // tile
+    group_of = np.concatenate([[-1], group])  # region id -> group
+    order = np.argsort(group, kind="stable")
+    cuts = np.flatnonzero(np.diff(group[order])) + 1
+    out = np.zeros(regions.shape, dtype=markers.dtype)
+    for members in np.split(order, cuts):
+        (y0, x0), (y1, x1) = lo[members].min(0), hi[members].max(0)
+        box = (slice(y0, y1), slice(x0, x1))
+        inside = group_of[regions[box]] == group[members[0]]
+        flooded = watershed(landscape[box], np.where(inside, markers[box], 0), mask=inside)
+        out[box][inside] = flooded[inside]
+    return out
 
 
 def typical_size(diameter: float, dims: int = 2) -> float:
@@ -122,7 +183,7 @@ def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = N
         seeds = np.where(orphans, blobs + n, seeds)
     if seeds.max() == 0:
         return np.zeros(interior.shape, dtype=np.uint16)
-    labels = watershed(landscape, seeds, mask=foreground)
+    labels = watershed_by_regions(landscape, seeds, blobs, n_blobs)
     if diameter and p.merge_fragments > 0:
         # the share is of a typical area; in 3D the volume share of a piece of the same linear size
         share = p.merge_fragments ** (interior.ndim / 2)
