@@ -150,8 +150,11 @@ def select_channel(array, axes: str, channel: int | None = None, name: str = "im
     return a, check_axes(axes, a.shape, name=name), ", ".join(notes)
 
 
-def check_values(a: np.ndarray, name: str = "image") -> np.ndarray:
-    """Reject empty, non-numeric, huge or all-NaN arrays; return float32."""
+def check_values(a: np.ndarray, name: str = "image", convert: bool = True) -> np.ndarray:
+    """Reject empty, non-numeric, huge or all-NaN arrays; return float32 (``convert=False``: as given).
+
+    ``convert=False`` checks without copying (the widget, on the GUI thread; its worker converts).
+    """
     a = np.asarray(a)
     if a.dtype.kind not in "biuf":
         raise InputError(f"{name}: unsupported data type {a.dtype} (need numbers)")
@@ -163,7 +166,6 @@ def check_values(a: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"{name} is too large ({a.size:,} values); crop it or split it first")
     if min(a.shape[-2:]) < 4:
         raise InputError(f"{name}: image too small ({a.shape[-2]}x{a.shape[-1]} pixels)")
-    a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).any():
+    if a.dtype.kind == "f" and not np.isfinite(a).any():  # integers are always finite
         raise InputError(f"{name} has no finite values (all NaN/inf)")
-    return a
+    return a.astype(np.float32, copy=False) if convert else a

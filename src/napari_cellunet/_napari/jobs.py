@@ -48,7 +48,7 @@ class Job:
 
     layer: Image
     key: tuple              # what the probabilities depend on (see SegmentWidget._key)
-    data: np.ndarray        # float32, channel picked / RGB converted; axes ``axes``
+    data: np.ndarray        # channel picked / RGB converted; axes ``axes``; float32 once the worker ran
     axes: str               # among T, Z, Q, Y, X
     mode: str               # resolved mode (never "auto")
     scale: tuple            # layer scale / translate for ``axes``
@@ -64,6 +64,7 @@ class Job:
 def segment_job(job: Job):
     """Worker: yields progress, returns what to show (or a :class:`Failure`)."""
     try:
+        job.data = job.data.astype(np.float32, copy=False)  # here, not on the GUI thread (a 16 MP copy)
         result = yield from iter_segment_stack(job.model, job.data, job.axes, job.mode, job.scale, job.options,
                                                job.params)
         yield Progress(1, 1, "measuring")

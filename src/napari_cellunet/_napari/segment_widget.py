@@ -22,6 +22,7 @@ from napari.utils import progress
 
 from .. import log
 from ..arrays import InputError, check_axes, check_values, select_channel
+from ..batch import CHUNK_ABOVE
 from ..inference import Progress, available_devices
 from ..models import DEFAULT_MODEL, CellModel, ModelError, load_model, model_names, on_models_changed, resolve
 from ..settings import InstanceParams, PredictOptions, SettingError
@@ -219,7 +220,7 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
         except ValueError as err:
             raise InputError(f"{name}: {err}") from None
         if not big:
-            data = check_values(np.asarray(data), name)
+            data = check_values(np.asarray(data), name, convert=False)  # no 4-byte copy on the GUI thread
         keep = [i for i, a in enumerate(axes) if a != "C"]
         scale = tuple(float(layer.scale[i]) for i in keep)
         translate = tuple(float(layer.translate[i]) for i in keep)
@@ -228,8 +229,6 @@ class SegmentWidget(Container, LayerChoices, WorkerControls):
 
     @staticmethod
     def _is_big(source, options: PredictOptions) -> bool:
-        from ..batch import CHUNK_ABOVE
-
         return bool(options.chunk) or not isinstance(source, np.ndarray) or source.size > CHUNK_ABOVE
 
     # ------------------------------------------------------------------ run / cancel
