@@ -55,7 +55,8 @@ def test_lazy_layer_is_segmented_in_blocks_with_the_loop_free(viewer, qtbot, sam
     lab = w.result_layer(layer)
     assert type(lab.data).__module__.startswith("dask")  # shown lazily, from the block-wise zarr result
     assert lab.metadata["mode"] == "2d" and "blocks" in lab.metadata["note"]
-    whole = segment(load_model(), np.asarray(lazy)[None], PredictOptions(diameter=25))
+    # the blocks' 256-px tile grid (chunked.plan.block_tile), in memory
+    whole = segment(load_model(), np.asarray(lazy)[None], PredictOptions(diameter=25, tile=256, overlap=0.25))
     assert abs(lab.metadata["counts"][0] - whole.counts[0]) <= 0.005 * whole.counts[0] + 1
     assert len(lab.features) == lab.metadata["counts"][0]
     assert gap < 1.0, f"the event loop was blocked for {gap:.2f} s"  # see docs/performance.md (quiet machine)

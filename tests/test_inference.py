@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from napari_cellunet.inference import (
     normalize_percentile,
     predict,
     select_device,
-    tile_starts,
+    tile_grid,
 )
 from napari_cellunet.metrics import match
 from napari_cellunet.segment import labels_from_probabilities, normalize_for_model
@@ -24,13 +26,20 @@ def test_normalize_percentile_robust():
     assert (normalize_percentile(np.full((5, 5), 7.0)) == 0).all()
 
 
-def test_tile_starts_cover():
-    for size, tile in [(100, 32), (257, 256), (64, 64), (10, 64)]:
-        starts = tile_starts(size, tile, 0.25)
+def test_tile_grid_covers_with_the_overlap_and_fewest_tiles():
+    for size, tile, overlap in [(100, 32, 8), (257, 256, 64), (64, 64, 16), (10, 64, 16), (1024, 1024, 64),
+                                (4096, 1024, 64), (1000, 256, 64), (300, 128, 0)]:
+        length, starts = tile_grid(size, tile, overlap, multiple=16 if tile >= 64 else 1)
         covered = np.zeros(size, bool)
         for s in starts:
-            covered[s:s + tile] = True
-        assert covered.all() and starts[-1] + min(tile, size) == size
+            covered[s:s + length] = True
+        assert covered.all() and starts[0] == 0 and starts[-1] + length == size
+        assert length <= max(tile, 1) and (length == size or length % (16 if tile >= 64 else 1) == 0)
+        if len(starts) > 1:
+            assert min(b - a for a, b in zip(starts, starts[1:])) <= length - overlap  # neighbours share >= overlap
+            assert len(starts) == math.ceil((size - overlap) / (tile - overlap))  # no more tiles than needed
+    assert tile_grid(1024, 1024, 64, 16) == (1024, [0])  # a 1024² image is one tile, not 25 of 256²
+    assert tile_grid(1024, 256, 64, 16) == (256, [0, 192, 384, 576, 768])  # the classic grid
     w = blending_weights((32, 32))
     assert w.shape == (32, 32) and w.min() > 0 and w[16, 16] == w.max()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .settings import BACKENDS, PRECISIONS  # declared once, with the settings
+from .settings import BACKENDS, PRECISIONS, PredictOptions  # declared once, with the settings
 from .unet import UNet
 
 
@@ -110,14 +110,27 @@ def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8
 
 
 # --------------------------------------------------------------------------- tiling
-def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of windows of length ``tile`` covering ``[0, size)``."""
+MAX_TILE_3D = 256  # 3D tiles are at most this many voxels per axis (a 1024-voxel cube would not fit in memory)
+MAX_BATCH_PIXELS = 2**21  # tiles per network call are cut so that one call holds at most this many pixels
+
+
+def tile_grid(size: int, tile: int, overlap_px: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """``(tile length, starts)`` of the fewest windows covering ``[0, size)`` with ``overlap_px`` shared.
+
+    The windows are balanced: the tile shrinks to what that many windows need
+    (a multiple of ``multiple``), so a 1024-px axis is one 1024-px tile, not
+    five 256-px ones. With ``tile=256, overlap_px=64`` a 1024-px axis gets the
+    classic grid (starts every 192 px).
+    """
     if tile >= size:
-        return [0]
-    step = max(1, int(round(tile * (1 - overlap))))
-    n = math.ceil((size - tile) / step) + 1
-    starts = np.linspace(0, size - tile, n).round().astype(int)
-    return sorted(set(starts.tolist()))
+        return size, [0]
+    tile = max(multiple, tile - tile % multiple)
+    overlap_px = min(max(0, int(overlap_px)), tile - 1)
+    n = math.ceil((size - overlap_px) / (tile - overlap_px))
+    balanced = -(-math.ceil((size + (n - 1) * overlap_px) / n) // multiple) * multiple
+    length = min(tile, max(multiple, balanced))
+    starts = np.linspace(0, size - length, n).round().astype(int)
+    return length, sorted(set(starts.tolist()))
 
 
 def blending_weights(shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -266,11 +279,18 @@ def _flip_average(run, batch: np.ndarray, flips: list[tuple[int, ...]]) -> np.nd
 
 
 def tile_plan(spatial: Sequence[int], tile: int | Sequence[int], overlap: float, multiple: int):
-    """``(tile shape, blending weights, windows)`` of the sliding windows covering ``spatial``."""
+    """``(tile shape, blending weights, windows)`` of the sliding windows covering ``spatial``.
+
+    ``overlap`` is a share of the requested ``tile``; that many pixels are shared
+    between neighbours (:func:`tile_grid`). 3D tiles are capped at ``MAX_TILE_3D``.
+    """
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
-    tiles = tuple(min(t, s) if t >= s else max(multiple, t - t % multiple) for t, s in zip(tiles, spatial))
-    starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tiles)]
-    windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*starts)]
+    overlaps = [int(round(overlap * t)) for t in tiles]
+    if len(spatial) == 3:
+        tiles = tuple(min(t, MAX_TILE_3D) for t in tiles)
+    grids = [tile_grid(s, t, v, multiple) for s, t, v in zip(spatial, tiles, overlaps)]
+    tiles = tuple(g[0] for g in grids)
+    windows = [tuple(slice(a, a + t) for a, t in zip(st, tiles)) for st in itertools.product(*(g[1] for g in grids))]
     return tiles, blending_weights(tiles), windows
 
 
@@ -278,8 +298,8 @@ def iter_predict(
     net: UNet,
     images: np.ndarray,
     *,
-    tile: int | Sequence[int] = 256,
-    overlap: float = 0.25,
+    tile: int | Sequence[int] = PredictOptions.tile,
+    overlap: float = PredictOptions.overlap,
     batch_size: int = 4,
     device: str | torch.device | None = "auto",
     precision: str = "auto",
@@ -305,9 +325,11 @@ def iter_predict(
     dev = device if isinstance(device, torch.device) else select_device(device)
     autocast_dtype = resolve_precision(precision, dev)
     run_openvino = openvino_forward(net, precision) if resolve_backend(backend, dev) == "openvino" else None
-    net, memory_format = _on_device(net, dev, channels_last)
+    if run_openvino is None:
+        net, memory_format = _on_device(net, dev, channels_last)
     n, spatial = images.shape[0], images.shape[2:]
     tiles, weights, windows = tile_plan(spatial, tile, overlap, net.size_multiple)
+    batch_size = max(1, min(batch_size, MAX_BATCH_PIXELS // math.prod(tiles)))
     jobs = [(i, w) for i in range(n) for w in windows]
     out = np.zeros((n, cfg.n_outputs, *spatial), dtype=np.float32)
     norm = np.zeros(spatial, dtype=np.float32)

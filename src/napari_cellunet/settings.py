@@ -175,10 +175,11 @@ class PredictOptions(Settings):
     diameter: float | str | None = setting(
         AUTO, "diameter (px)", "typical object diameter in pixels, 'auto' (estimate it) or 'none' (use the "
         "image as is); 0 = auto", low=0.0, high=MAX_DIAMETER, step=1, zero="auto", group="network")
-    tile: int = setting(256, "tile size", "network input tile in pixels; larger is faster but needs more memory",
+    tile: int = setting(1024, "tile size", "largest network input tile in pixels (tiles shrink to fit the image "
+                        "evenly; 3D: at most 256); larger computes fewer overlaps but needs more memory",
                         low=32, high=4096, step=64)
-    overlap: float = setting(0.25, "tile overlap", "share of a tile shared with its neighbour",
-                             low=0.0, high=0.75, step=0.05)
+    overlap: float = setting(0.0625, "tile overlap", "share of the tile size shared with a neighbouring tile "
+                             "(0.0625 of 1024 = 64 px of context)", low=0.0, high=0.75, step=0.005)
     batch_size: int = setting(4, "batch size", "tiles per network call", low=1, high=1024, step=1)
     device: str = setting("auto", "device", "auto, cpu, cuda, mps (auto = the fastest there is)")
     precision: str = setting("auto", "precision", "arithmetic of the network (auto = bf16 where the CPU/GPU "

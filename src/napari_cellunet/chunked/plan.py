@@ -17,7 +17,7 @@ from scipy import sparse
 
 from .. import zarrio
 from ..arrays import check_axes
-from ..inference import tile_starts
+from ..inference import tile_grid
 from ..models import CellModel
 from ..segment import PredictOptions
 from ..settings import InstanceParams
@@ -27,6 +27,7 @@ from ..zarrio import channel_view
 BLOCK_VOXELS_3D = 2**25    # default 3D block (Z x Y x X incl. halo) about this big
 HALO_DIAMETERS = 1.5       # post-processing halo: 1.5 object diameters...
 MIN_HALO = 32              # ...and at least this many image px
+MIN_BLOCK_TILE = 256       # tiles in blocks: a quarter block, at least this (see block_tile)
 
 
 def resize_matrix(n_in: int, n_out: int, antialias: bool) -> sparse.csr_matrix:
@@ -69,11 +70,11 @@ class _AxisBlock:
 class _Axis:
     """One spatial axis: global model size and tile grid, block borders, per-block ranges."""
 
-    def __init__(self, n: int, m: int, tile: int, overlap: float, multiple: int,
+    def __init__(self, n: int, m: int, tile: int, overlap_px: int, multiple: int,
                  down_aa: bool, up_aa: bool, chunk: int, halo: int):
         self.n, self.m, self.halo = n, m, halo
-        self.tile = min(tile, m) if tile >= m else max(multiple, tile - tile % multiple)  # as iter_predict
-        self.starts = np.asarray(tile_starts(m, self.tile, overlap))
+        self.tile, starts = tile_grid(m, tile, overlap_px, multiple)  # as iter_predict
+        self.starts = np.asarray(starts)
         self.down, self.up = resize_matrix(n, m, down_aa), resize_matrix(m, n, up_aa)
         self.dmin, self.dmax = _row_span(self.down)
         self.umin, self.umax = _row_span(self.up)
@@ -185,8 +186,15 @@ def _axes_plan(model: CellModel, shape: tuple, used: float | None, opts: Predict
     cy, cx = _chunk_yx(chunk)
     if min(cy, cx) < 16:
         raise ValueError(f"chunk must be at least 16 pixels per axis, got {chunk}")
-    return [_Axis(a, b, opts.tile, opts.overlap, model.net.size_multiple, down_aa, up_aa, c, halo)
+    overlap_px = int(round(opts.overlap * opts.tile))
+    return [_Axis(a, b, block_tile(opts, c), overlap_px, model.net.size_multiple, down_aa, up_aa, c, halo)
             for a, b, c in zip(n, m, (cy, cx))]
+
+
+def block_tile(opts: PredictOptions, chunk: int) -> int:
+    """Tile size in blocks of ``chunk`` px: at most a quarter block (256 px at least), so that few tiles
+    straddle block borders and are predicted twice; the overlap stays ``opts.overlap * opts.tile`` px."""
+    return min(opts.tile, max(MIN_BLOCK_TILE, chunk // 4))
 
 
 @dataclass
@@ -216,7 +224,8 @@ def _halo_px(halo: int | None, used: float | None) -> int:
 
 def _default_chunk(model: CellModel, opts: PredictOptions, used: float | None, depth: int, h: int) -> int:
     """1024 in 2D; 3D: ~``BLOCK_VOXELS_3D`` per block, but at least a tile step (else tiles are re-predicted)."""
-    step = opts.tile * (1 - opts.overlap) * (used / model.diameter if used else 1.0)
+    tile = min(opts.tile, MIN_BLOCK_TILE)  # the tile of a block not yet sized
+    step = (tile - opts.overlap * opts.tile) * (used / model.diameter if used else 1.0)
     c = 1024 if depth == 1 else max(step, math.sqrt(BLOCK_VOXELS_3D / depth) - 2 * h)
     return max(256, min(1024, int(c) // 32 * 32))
 
