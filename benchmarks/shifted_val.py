@@ -1,7 +1,8 @@
 """Generalisation benchmark: val, shifted-val (held-out acquisition groups) and degraded copies, side by side.
 
     python benchmarks/shifted_val.py --model nuclei-fluo-2d [--model other.safetensors ...]
-                                     [--robustness] [--diameter auto] [--limit N]
+                                     [--precision auto [--precision bf16 ...]] [--robustness] [--diameter auto]
+                                     [--limit N]
 
 *val* is ``dsb2018_fluo/val`` (same experiments as train: flattering). *shifted-val* is every image of
 the acquisition groups that ``benchmarks/acquisition_groups.py`` holds out (93 images; rare
@@ -16,6 +17,7 @@ new user gets; per-group AP@0.5 follows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from napari_cellunet.arrays import as_slices  # noqa: E402
 from napari_cellunet.metrics import dataset_scores  # noqa: E402
 from napari_cellunet.models import load_model  # noqa: E402
 from napari_cellunet.segment import PredictOptions, segment  # noqa: E402
+from napari_cellunet.settings import INFERENCE_PRECISIONS  # noqa: E402
 
 ROBUSTNESS = ("photon noise, 20 photons", "Gaussian noise, 15% of the range", "blur, sigma 1.5 px",
               "8-bit at 15% contrast (coarse grey levels)", "gamma 2", "illumination falling to 30% across the image")
@@ -60,17 +63,19 @@ def main() -> None:
     ap.add_argument("--diameter", default="auto")
     ap.add_argument("--robustness", action="store_true", help="also shifted-val under degradations")
     ap.add_argument("--limit", type=int, default=0, help="first N images of each part (quick checks)")
+    ap.add_argument("--precision", action="append", choices=INFERENCE_PRECISIONS,
+                    help="network arithmetic (repeat to compare, e.g. int8 against bf16); default auto")
     args = ap.parse_args()
     parts = {p: load_split(args.data, p, args.limit) for p in ("val", "shifted")}
-    opts = PredictOptions(diameter=args.diameter)
     groups = sorted({g for *_, g in parts["shifted"]})
     print(f"val {len(parts['val'])} images, shifted-val {len(parts['shifted'])} images; AP@0.5 / DSB / count error "
           f"at diameter {args.diameter}\n")
     header = ["model", "val", "shifted-val"] + (["robustness mean", "worst"] if args.robustness else [])
     print("| " + " | ".join(header + [f"{g} AP@0.5" for g in groups]) + " | s |")
     print("|---|" + "---:|" * (len(header) - 1 + len(groups) + 1))
-    for name in args.model or ["nuclei-fluo-2d"]:
+    for name, precision in itertools.product(args.model or ["nuclei-fluo-2d"], args.precision or ["auto"]):
         model = load_model(name)
+        opts = PredictOptions(diameter=args.diameter, precision=precision)
         t0 = time.perf_counter()
 
         def run(img, model=model):
@@ -81,7 +86,7 @@ def main() -> None:
         shifted = dataset_scores((m, predicted[i]) for i, _, m, _ in parts["shifted"])
         per_group = [dataset_scores((m, predicted[i]) for i, _, m, g in parts["shifted"] if g == group)["ap50"]
                      for group in groups]
-        cells = [model.name, cell(val), cell(shifted)]
+        cells = [model.name + ("" if precision == "auto" else f" ({precision})"), cell(val), cell(shifted)]
         if args.robustness:
             degraded = []
             for d in ROBUSTNESS:
