@@ -34,7 +34,7 @@ from napari_cellunet.arrays import as_slices  # noqa: E402
 from napari_cellunet.metrics import dataset_scores  # noqa: E402
 from napari_cellunet.models import load_model  # noqa: E402
 from napari_cellunet.segment import PredictOptions, segment  # noqa: E402
-from napari_cellunet.settings import INFERENCE_PRECISIONS  # noqa: E402
+from napari_cellunet.settings import PRECISIONS  # noqa: E402
 
 ROBUSTNESS = ("photon noise, 20 photons", "Gaussian noise, 15% of the range", "blur, sigma 1.5 px",
               "8-bit at 15% contrast (coarse grey levels)", "gamma 2", "illumination falling to 30% across the image")
@@ -63,8 +63,8 @@ def main() -> None:
     ap.add_argument("--diameter", default="auto")
     ap.add_argument("--robustness", action="store_true", help="also shifted-val under degradations")
     ap.add_argument("--limit", type=int, default=0, help="first N images of each part (quick checks)")
-    ap.add_argument("--precision", action="append", choices=INFERENCE_PRECISIONS,
-                    help="network arithmetic (repeat to compare, e.g. int8 against bf16); default auto")
+    ap.add_argument("--precision", action="append", choices=PRECISIONS,
+                    help="network arithmetic (repeat to compare, e.g. bf16 against fp32); default auto")
     args = ap.parse_args()
     parts = {p: load_split(args.data, p, args.limit) for p in ("val", "shifted")}
     groups = sorted({g for *_, g in parts["shifted"]})
@@ -78,7 +78,7 @@ def main() -> None:
         opts = PredictOptions(diameter=args.diameter, precision=precision)
         t0 = time.perf_counter()
 
-        def run(img, model=model):
+        def run(img, model=model, opts=opts):
             return segment(model, img[None], opts).labels[0]
 
         val = evaluate([(i, img, m) for i, img, m, _ in parts["val"]], run)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .settings import BACKENDS, INFERENCE_PRECISIONS, PredictOptions  # declared once, with the settings
+from .settings import BACKENDS, PRECISIONS, PredictOptions  # declared once, with the settings
 from .unet import UNet
 
 
@@ -77,12 +77,9 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device`` (``None`` = plain fp32) in torch."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
-    if precision == "int8":
-        raise ValueError("precision 'int8' runs on OpenVINO only (backend auto or openvino on the CPU; "
-                         "pip install napari-cellunet[fast])")
+    """Autocast dtype for ``precision`` on ``device`` (``None`` = plain fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -189,15 +186,12 @@ def openvino_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device, precision: str = "auto") -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto``: OpenVINO on the CPU when it is installed (~1.7x torch here), else torch."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "openvino" if device.type == "cpu" and openvino_available() else "torch"
-        if precision == "int8" and backend == "torch":
-            raise ValueError("precision 'int8' needs OpenVINO on the CPU (pip install napari-cellunet[fast])")
-        return backend
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
     if backend == "openvino" and not openvino_available():
         raise ValueError("backend 'openvino' needs OpenVINO: pip install openvino (or napari-cellunet[fast])")
     return backend
@@ -228,21 +222,12 @@ def _openvino_cache() -> Path | None:
         return None
 
 
-def int8_network(net: UNet) -> tuple[bytes, bytes] | None:
-    """The int8 OpenVINO IR ``(xml, weights)`` the model file carries for exactly these weights, if any."""
-    carried = getattr(net, "int8_network", None)
-    if carried is None or carried[2] != _weights_hash(net):
-        return None
-    return carried[0], carried[1]
-
-
 def openvino_forward(net: UNet, precision: str = "auto"):
     """``run(batch) -> probabilities`` for numpy ``(B, C, *spatial)`` float32 batches, with OpenVINO on the CPU.
 
     The network (with the softmax/sigmoid of inference) is exported to ONNX once per weights (kept in
     the user cache folder, like OpenVINO's compiled blobs, so later runs start at once); ``auto``
-    precision runs the model file's int8 network when it has one for these weights
-    (:func:`int8_network`, ~1.9x faster than bf16 here), else lets OpenVINO choose (bf16 where the CPU has it).
+    precision lets OpenVINO choose (bf16 where the CPU has it).
     """
     version = _weights_version(net)
     with _OPENVINO_LOCK:
@@ -258,26 +243,18 @@ def _openvino_compiled(net: UNet, version: tuple, precision: str):
 
     cached = _OPENVINO.get(net)
     if cached is None or cached[:2] != (version, precision):
-        int8 = int8_network(net) if precision in ("auto", "int8") else None
-        if precision == "int8" and int8 is None:
-            raise ValueError("precision 'int8': this model file carries no int8 network for its weights "
-                             "(scripts/quantize_model.py adds one); use precision auto")
-        config = {} if precision in ("auto", "int8") else {
-            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16" if precision == "bf16" else "f16"}
+        config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else
+                                                 "bf16" if precision == "bf16" else "f16"}
         config["INFERENCE_NUM_THREADS"] = torch.get_num_threads()
         core, folder = ov.Core(), _openvino_cache()
         with tempfile.TemporaryDirectory() as tmp:
+            path = (folder or Path(tmp)) / f"{_weights_hash(net)}.onnx"
+            if not path.exists():
+                export_onnx(net.cpu().eval(), Path(tmp) / "net.onnx")
+                os.replace(Path(tmp) / "net.onnx", path)  # complete files only, also in the cache
             if folder is not None:
                 core.set_property({"CACHE_DIR": str(folder)})
-            if int8 is not None:
-                graph = core.read_model(model=int8[0].decode(), weights=ov.Tensor(np.frombuffer(int8[1], np.uint8)))
-                compiled = core.compile_model(graph, "CPU", config)
-            else:
-                path = (folder or Path(tmp)) / f"{_weights_hash(net)}.onnx"
-                if not path.exists():
-                    export_onnx(net.cpu().eval(), Path(tmp) / "net.onnx")
-                    os.replace(Path(tmp) / "net.onnx", path)  # complete files only, also in the cache
-                compiled = core.compile_model(str(path), "CPU", config)
+            compiled = core.compile_model(str(path), "CPU", config)
         _OPENVINO[net] = cached = (version, precision, compiled)
     compiled = cached[2]
     return lambda batch: compiled(np.ascontiguousarray(batch, dtype=np.float32))[0]
@@ -346,11 +323,8 @@ def iter_predict(
     if images.shape[1] != cfg.in_channels:
         raise ValueError(f"model expects {cfg.in_channels} channel(s), image has {images.shape[1]}")
     dev = device if isinstance(device, torch.device) else select_device(device)
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
-    on_openvino = resolve_backend(backend, dev, precision) == "openvino"
-    autocast_dtype = None if on_openvino else resolve_precision(precision, dev)
-    run_openvino = openvino_forward(net, precision) if on_openvino else None
+    autocast_dtype = resolve_precision(precision, dev)
+    run_openvino = openvino_forward(net, precision) if resolve_backend(backend, dev) == "openvino" else None
     if run_openvino is None:
         net, memory_format = _on_device(net, dev, channels_last)
     n, spatial = images.shape[0], images.shape[2:]

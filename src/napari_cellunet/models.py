@@ -12,10 +12,6 @@ of the same dict, written by napari-cellunet 0.1) are still read, with
 ``torch.load(weights_only=True)`` on torch >= 2.10 (the package's floor; the
 known bypasses of that loader were fixed in 2.6 and 2.10).
 
-A file may also carry *attachments*: named byte strings stored as uint8
-tensors (``attachment/NAME``), e.g. an int8 OpenVINO network of the same
-weights (``scripts/quantize_model.py``; an IR graph, which cannot run code either).
-
 ``meta`` holds what inference needs beside the weights (object diameter the
 model was trained at, normalisation percentiles, default thresholds) and what a
 person needs to trust it (training data, command, scores).
@@ -43,8 +39,6 @@ FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".pt"  # format 1 (torch.save), still read
 DEFAULT_MODEL = "nuclei-fluo-2d"
-ATTACHMENT = "attachment/"  # tensor-name prefix of a file's attachments
-INT8_XML, INT8_BIN = "openvino-int8.xml", "openvino-int8.bin"  # an int8 OpenVINO IR of the weights
 
 
 class ModelError(Exception):
@@ -152,9 +146,8 @@ def _plain(value):
     raise TypeError(f"model metadata must be JSON data, got {type(value).__name__}")
 
 
-def save_model(path: str | os.PathLike, net: UNet, meta: dict | None = None,
-               attachments: dict[str, bytes] | None = None) -> Path:
-    """Write ``net`` and ``meta`` (and ``attachments``) to ``path`` as a safetensors model file (fp32 CPU weights).
+def save_model(path: str | os.PathLike, net: UNet, meta: dict | None = None) -> Path:
+    """Write ``net`` and ``meta`` to ``path`` as a safetensors model file (fp32 CPU weights).
 
     Written to a temporary name and renamed, so an interrupted save never leaves a half-written model.
     """
@@ -163,8 +156,6 @@ def save_model(path: str | os.PathLike, net: UNet, meta: dict | None = None,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    for name, data in (attachments or {}).items():
-        state[ATTACHMENT + name] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
               "config": json.dumps(net.config.to_dict()), "meta": json.dumps(dict(meta or {}), default=_plain)}
     tmp = path.with_name(path.name + ".tmp")
@@ -224,11 +215,9 @@ def _read_safetensors(raw: bytes) -> dict:
 
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + size]).get("__metadata__") or {}
-    state = load(raw)
-    attachments = {k[len(ATTACHMENT):]: state.pop(k).numpy().tobytes() for k in list(state) if k.startswith(ATTACHMENT)}
     return {"format": header.get("format"), "format_version": header.get("format_version", 0),
             "config": json.loads(header.get("config", "null")), "meta": json.loads(header.get("meta", "{}")),
-            "state_dict": state, "attachments": attachments}
+            "state_dict": load(raw)}
 
 
 def _read_legacy(path: Path) -> dict:
@@ -299,9 +288,6 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> CellModel:
         raise ModelError(f"{path.name}: the weights do not match the stored architecture ({_mismatch(err)})") from None
     net.eval()
     meta = dict(payload.get("meta") or {})
-    attachments = payload.get("attachments") or {}
-    if INT8_XML in attachments and INT8_BIN in attachments:
-        net.int8_network = (attachments[INT8_XML], attachments[INT8_BIN], str(meta.get("int8", {}).get("weights")))
     try:
         InstanceParams.from_dict(meta.get("instance_params"))
     except (SettingError, TypeError) as err:

@@ -163,8 +163,7 @@ class InstanceParams(Settings):
 
 
 # --------------------------------------------------------------------------- network
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # training (torch autocast)
-INFERENCE_PRECISIONS = (*PRECISIONS, "int8")  # int8: OpenVINO, with the int8 network a model file may carry
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("auto", "torch", "openvino")
 MAX_DIAMETER = 2000.0
 
@@ -183,9 +182,8 @@ class PredictOptions(Settings):
                              "(0.0625 of 1024 = 64 px of context)", low=0.0, high=0.75, step=0.005)
     batch_size: int = setting(4, "batch size", "tiles per network call", low=1, high=1024, step=1)
     device: str = setting("auto", "device", "auto, cpu, cuda, mps (auto = the fastest there is)")
-    precision: str = setting("auto", "precision", "arithmetic of the network (auto = the model's int8 network "
-                             "on OpenVINO when its file has one, else bf16 where the CPU/GPU has it)",
-                             choices=INFERENCE_PRECISIONS)
+    precision: str = setting("auto", "precision", "arithmetic of the network (auto = bf16 where the CPU/GPU "
+                             "has it)", choices=PRECISIONS)
     backend: str = setting("auto", "backend", "what runs the network: torch, or OpenVINO (CPU, optional install, "
                            "~1.7x faster here); auto = OpenVINO on the CPU when installed", choices=BACKENDS)
     tta: bool = setting(False, "test-time augmentation (flips, slower)", "average the network over flips")

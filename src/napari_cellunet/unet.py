@@ -124,9 +124,6 @@ class UNet(nn.Module):
             for i in reversed(range(c.depth))
         )
         self.head = _conv(c.dims)(widths[0], c.n_outputs, kernel_size=1)
-        # (IR xml, IR weights, hash of the weights it was made from): an int8 OpenVINO network of these
-        # weights, from the model file (models.load_model); inference uses it only while the hash matches
-        self.int8_network: tuple[bytes, bytes, str] | None = None
 
     @property
     def size_multiple(self) -> int:
