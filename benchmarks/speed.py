@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import otsu_watershed  # noqa: E402
 
 from napari_cellunet._napari.samples import load_sample_image  # noqa: E402
-from napari_cellunet.inference import drive, iter_predict  # noqa: E402
+from napari_cellunet.inference import drive, iter_predict, resolve_backend, select_device  # noqa: E402
 from napari_cellunet.measure import measure  # noqa: E402
 from napari_cellunet.models import DEFAULT_MODEL, load_model  # noqa: E402
 from napari_cellunet.segment import PredictOptions, median_diameter, normalize_for_model, segment  # noqa: E402
@@ -114,6 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    backend = resolve_backend("auto", select_device(args.device))
     print(f"{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
           f"model {model.name} (base {model.config.base_channels}, depth {model.config.depth}, "
           f"trained at {model.diameter:.0f} px)\n")
@@ -132,8 +133,9 @@ def main() -> None:
                 t, (seg, stages) = best_of(lambda opts=opts, image=image: end_to_end(model, image, opts), args.repeats)
                 found.append((label, t, seg.counts[0], stages))
             x = normalize_for_model(model, image[None])
-            t_net, _ = best_of(lambda x=x: drive(iter_predict(model.net, x, device=args.device)), args.repeats)
-            found.append(("network alone (bf16 where the CPU has it, channels_last)", t_net, None, {}))
+            t_net, _ = best_of(lambda x=x: drive(iter_predict(model.net, x, device=args.device, backend="auto")),
+                               args.repeats)
+            found.append((f"network alone at native scale ({backend}, default tiles)", t_net, None, {}))
             if args.peers:
                 for r in peers(image, args.repeats, args.threads):
                     found.append((r["method"], r["seconds"], r["objects"], {}))
