@@ -33,9 +33,10 @@ from accuracy import otsu_watershed  # noqa: E402
 
 from napari_cellunet._napari.samples import load_sample_image  # noqa: E402
 from napari_cellunet.inference import drive, iter_predict, resolve_backend, select_device  # noqa: E402
-from napari_cellunet.measure import measure  # noqa: E402
+from napari_cellunet.measure import measure_stack  # noqa: E402
 from napari_cellunet.models import DEFAULT_MODEL, load_model  # noqa: E402
-from napari_cellunet.segment import PredictOptions, median_diameter, normalize_for_model, segment  # noqa: E402
+from napari_cellunet.segment import PredictOptions, median_diameter, normalize_for_model  # noqa: E402
+from napari_cellunet.stacks import iter_segment_stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("normalise", "size estimate", "resize", "network", "post-processing", "table")
@@ -80,12 +81,13 @@ def best_of(fn, repeats: int):
 
 
 def end_to_end(model, image, opts):
-    """One image as ``cellunet segment`` does it (measurement table included); returns (seg, stage seconds)."""
-    seg = segment(model, image[None], opts)
+    """One image as ``cellunet segment`` does it (labels and uncertainty by ``postprocess``, the measurement
+    table); returns (result, stage seconds)."""
+    res = drive(iter_segment_stack(model, image, "YX", options=opts))
     t0 = time.perf_counter()
-    measure(seg.labels[0], image)
-    stages = dict(seg.timings, table=time.perf_counter() - t0)
-    return seg, stages
+    measure_stack(res.labels, "YX", res.mode, image)
+    stages = dict(res.segmentation.timings, table=time.perf_counter() - t0)
+    return res, stages
 
 
 def peers(image: np.ndarray, repeats: int, threads: int) -> list[dict]:

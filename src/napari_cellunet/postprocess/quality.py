@@ -18,11 +18,12 @@ _FOREGROUND = 0.2
 
 def uncertainty(probabilities: np.ndarray) -> float:
     """Mean normalised class entropy over the likely foreground of ``(outputs, *spatial)`` probabilities."""
-    p = np.clip(np.asarray(probabilities[:3], dtype=np.float32), 1e-6, 1.0)
-    likely = (1.0 - p[0]) > _FOREGROUND
+    p = np.asarray(probabilities[:3], dtype=np.float32)
+    likely = (1.0 - np.clip(p[0], 1e-6, 1.0)) > _FOREGROUND
     if not likely.any():
         return 0.0
-    entropy = -(p * np.log(p)).sum(0)[likely]
+    p = np.clip(p[:, likely], 1e-6, 1.0)  # the likely pixels only: entropy where it is averaged
+    entropy = -(p * np.log(p)).sum(0)
     return float(entropy.mean() / np.log(3.0))
 
 
