@@ -120,13 +120,8 @@ def tile_grid(size: int, tile: int, overlap_px: int, multiple: int = 1) -> tuple
     The windows are balanced: the tile shrinks to what that many windows need
     (a multiple of ``multiple``), so a 1024-px axis is one 1024-px tile, not
     five 256-px ones. With ``tile=256, overlap_px=64`` a 1024-px axis gets the
-    classic grid (starts every 192 px). Tiles stay inside the image and are
-    multiples of ``multiple`` (the network pads others at their end, which
-    cost ~1 point of count error on shifted-val): an axis that is not a
-    multiple gets two tiles, unless it is shorter than ``multiple``.
+    classic grid (starts every 192 px).
     """
-    if size % multiple and size > multiple:
-        tile = min(tile, size - size % multiple)
     if tile >= size:
         return size, [0]
     tile = max(multiple, tile - tile % multiple)

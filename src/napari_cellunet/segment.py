@@ -83,20 +83,13 @@ def median_diameter(labels: np.ndarray) -> float | None:
     return float(np.sqrt(4 * median_area / np.pi))
 
 
-def model_shape(spatial, scale: float, multiple: int) -> tuple[int, ...]:
-    """The size images of ``spatial`` shape get for the network at ``scale``: each axis rounded to a
-    multiple of the network's ``multiple`` (at most 8 px: 1% of 1024, 3% of 256), so whole-image tiles need no padding
-    (padded tile ends cost ~1 point of count error on shifted-val)."""
-    return tuple(max(multiple, int(round(s * scale / multiple)) * multiple) for s in spatial)
-
-
 def _predict_at(model: CellModel, images: np.ndarray, scale: float, opts: PredictOptions,
                 resize_back: bool = True, clock: Stopwatch | None = None):
     """Predict normalised ``(N, C, *spatial)`` images after rescaling by ``scale``."""
     clock = clock if clock is not None else Stopwatch()
     spatial = images.shape[2:]
     if abs(scale - 1) > 1e-3:
-        target = model_shape(spatial, scale, model.net.size_multiple)
+        target = tuple(max(8, int(round(s * scale))) for s in spatial)
         with clock("resize"):
             images = resize_spatial(images, target)
     with clock("network"):

@@ -19,7 +19,7 @@ from .. import zarrio
 from ..arrays import check_axes
 from ..inference import tile_grid
 from ..models import CellModel
-from ..segment import PredictOptions, model_shape
+from ..segment import PredictOptions
 from ..settings import InstanceParams
 from ..stacks import resolve_mode
 from ..zarrio import channel_view
@@ -181,7 +181,7 @@ def _axes_plan(model: CellModel, shape: tuple, used: float | None, opts: Predict
     """The Y and X :class:`_Axis` (model sizes and antialiasing exactly as ``segment._predict_at``)."""
     factor = model.diameter / used if used else 1.0
     n = shape[-2:]
-    m = model_shape(n, factor, model.net.size_multiple) if abs(factor - 1) > 1e-3 else n  # as segment._predict_at
+    m = tuple(max(8, int(round(s * factor))) for s in n) if abs(factor - 1) > 1e-3 else n
     down_aa, up_aa = any(a < b for a, b in zip(m, n)), any(a < b for a, b in zip(n, m))
     cy, cx = _chunk_yx(chunk)
     if min(cy, cx) < 16:
