@@ -40,8 +40,7 @@ def measure(labels: np.ndarray, intensity: np.ndarray | None = None,
     ids = flat[where].astype(np.int64)
     n = int(ids.max(initial=0)) + 1
     area = np.bincount(ids, minlength=n)
-    present = np.flatnonzero(area)
-    present = present[present > 0]
+    present = np.flatnonzero(area)  # ids > 0 only: area[0] counts no pixel
     area_px = area[present]
     df = pd.DataFrame({"label": present.astype(np.int64), "area_px": area_px.astype(np.int64)})
     px = np.prod(scale if scale is not None else [1.0] * labels.ndim)

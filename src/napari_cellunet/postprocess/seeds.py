@@ -128,9 +128,9 @@ def watershed_by_regions(landscape: np.ndarray, markers: np.ndarray, regions: np
     """
     if regions.ndim != 2 or n_regions < 2:
         return watershed(landscape, markers, mask=regions > 0)
-    seeded = np.flatnonzero(markers.ravel())
-    pairs = np.unique(regions.ravel()[seeded].astype(np.int64) * (int(markers.max()) + 1) + markers.ravel()[seeded])
-    region_of, marker_of = np.divmod(pairs, int(markers.max()) + 1)
+    flat, base = markers.ravel(), int(markers.max()) + 1
+    seeded = np.flatnonzero(flat)
+    region_of, marker_of = np.divmod(np.unique(regions.ravel()[seeded].astype(np.int64) * base + flat[seeded]), base)
     n_markers = np.bincount(region_of, minlength=n_regions + 1)
     single = np.zeros(n_regions + 1, dtype=markers.dtype)
     one = n_markers == 1
