@@ -271,6 +271,10 @@ def test_distance_peaks_equal_skimage_including_plateaus(seed):
         theirs = peak_local_max(field, min_distance=min_distance, exclude_border=False)
         np.testing.assert_array_equal(ours, theirs)
     assert len(distance_peaks(np.ones((20, 20), np.float32), 3)) == 0
+    volume = np.round(ndi.gaussian_filter(rng.random((30, 40, 50)), 2) * 200).astype(np.float32)  # 3D, with ties
+    for min_distance in (1, 3, 5):
+        np.testing.assert_array_equal(distance_peaks(volume, min_distance),
+                                      peak_local_max(volume, min_distance=min_distance, exclude_border=False))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from ..arrays import relabel
+from ..arrays import label_dtype, relabel
 from ..settings import InstanceParams
 from .objects import drop_unconfident, join_weak_borders, merge_fragments
 
@@ -67,13 +67,18 @@ def distance_peaks(image: np.ndarray, min_distance: int) -> np.ndarray:
     """
     from scipy.spatial import cKDTree
 
-    image_max = ndi.maximum_filter(image, size=2 * min_distance + 1, mode="nearest")
-    mask = image == image_max
-    if mask.all():  # a flat image has no peak
-        return np.zeros((0, image.ndim), dtype=np.intp)
-    mask &= image > image.min()
-    coord = np.transpose(np.nonzero(mask))
-    coord = coord[np.argsort(-image[mask], kind="stable")]
+    size = 2 * min_distance + 1
+    inner = image  # the window maximum over all axes but the first...
+    for ax in range(1, image.ndim):
+        inner = ndi.maximum_filter1d(inner, size, axis=ax, mode="nearest")
+    # ...which a peak equals (a necessary condition); along the first axis, only those candidates are checked
+    coord = np.transpose(np.nonzero((image == inner) & (image > image.min())))
+    if len(coord):
+        value = image[tuple(coord.T)]
+        rows = np.clip(coord[:, :1] + np.arange(-min_distance, min_distance + 1), 0, image.shape[0] - 1)
+        window_max = inner[(rows, *[c[:, None] for c in coord[:, 1:].T])].max(axis=1)
+        coord = coord[value == window_max]
+    coord = coord[np.argsort(-image[tuple(coord.T)], kind="stable")]
     if min_distance <= 1 or len(coord) < 2:
         return coord
     reach = min_distance - 1  # integer coordinates: Chebyshev distance < min_distance
@@ -168,7 +173,10 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     if labels.max() == 0:
         return labels.astype(np.uint16)
     sizes = np.bincount(labels.ravel())
-    return relabel(labels, keep=sizes >= min_size)
+    keep = sizes >= min_size
+    if keep[1:].all() and sizes[1:].all():  # ids already 1..N, nothing to drop
+        return labels.astype(label_dtype(len(sizes) - 1), copy=False)
+    return relabel(labels, keep=keep)
 
 
 def probabilities_to_labels(probs: np.ndarray, params: InstanceParams | None = None,
