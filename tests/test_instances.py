@@ -312,3 +312,22 @@ def test_distance_transform_in_strips_is_exact():
     for mask in (small, big, small | big):
         np.testing.assert_array_equal(distance_transform(mask), edt.edt(mask, parallel=1).astype(np.float32))
         np.testing.assert_allclose(distance_transform(mask), ndi.distance_transform_edt(mask), atol=1e-4)
+
+
+def test_slices_post_processed_in_parallel_equal_one_by_one(monkeypatch):
+    """Several slices go through a thread pool; each gets exactly the labels it gets alone."""
+    from napari_cellunet.postprocess import labels_from_probabilities, seeds
+
+    rng = np.random.default_rng(3)
+    stack = []
+    for _ in range(5):
+        centers = [tuple(c) for c in rng.integers(15, 105, size=(6, 2))]
+        stack.append(probs_from_labels(disc_image(shape=(120, 120), centers=centers, radius=9)[1]))
+    stack = np.stack(stack)
+    params = InstanceParams(min_size=5)
+    monkeypatch.setattr(seeds, "SLICE_THREADS", 3)
+    together = labels_from_probabilities(stack, params, 18)
+    alone = [labels_from_probabilities(p[None], params, 18)[0] for p in stack]
+    assert together.max() > 3
+    for a, b in zip(together, alone):
+        np.testing.assert_array_equal(a, b)

@@ -14,6 +14,8 @@ dropping unsure objects, joining weak borders) are in :mod:`.objects`.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -240,16 +242,31 @@ def default_min_size(diameter: float | None, dims: int = 2) -> int:
     return max(4, int(0.1 * typical_size(diameter, dims)))
 
 
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+SLICE_THREADS = min(4, _cpu_count())  # slices post-processed at once (a block in a dask job is one slice)
+
+
 def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
                               diameter: float | None = None) -> np.ndarray:
-    """Per-slice instance labels from ``(N, classes, *spatial)`` probabilities.
+    """Per-slice instance labels from ``(N, classes, *spatial)`` probabilities (slices in parallel threads).
 
     ``params.min_size <= 0`` means: derive it from ``diameter``.
     """
     dims = probs.ndim - 2
     if params.min_size <= 0:
         params = replace(params, min_size=default_min_size(diameter, dims))
-    out = [probabilities_to_labels(p, params, diameter) for p in probs]
+    workers = min(len(probs), SLICE_THREADS)
+    if workers > 1:  # slices are independent; ~1.35x on 2 cores (edt and parts of scipy hold the GIL)
+        with ThreadPoolExecutor(workers) as pool:
+            out = list(pool.map(lambda p: probabilities_to_labels(p, params, diameter), probs))
+    else:
+        out = [probabilities_to_labels(p, params, diameter) for p in probs]
     n = max((int(o.max()) for o in out), default=0)
     dtype = np.uint16 if n < 2**16 else np.uint32
     return np.stack(out).astype(dtype) if out else np.zeros((0,), dtype)
