@@ -68,6 +68,27 @@ def test_bf16_close_to_fp32(bundled_model, sample):
     assert np.abs(a - b).mean() < 0.01
 
 
+
+def test_openvino_matches_torch_and_follows_changed_weights(bundled_model, sample):
+    """The default CPU backend gives torch's probabilities, also after the weights change in place
+    (a fine-tune in the same process must not keep running the old compiled network)."""
+    pytest.importorskip("openvino")
+    import copy
+
+    net = copy.deepcopy(bundled_model.net)
+    img = normalize_for_model(bundled_model, sample[None, :128, :128])
+
+    def both():
+        return [predict(net, img, tile=128, precision="fp32", backend=b) for b in ("torch", "openvino")]
+
+    before_torch, before_openvino = both()
+    assert np.abs(before_torch - before_openvino).max() < 1e-3
+    with torch.no_grad():
+        net.head.bias.add_(2.0)
+    after_torch, after_openvino = both()
+    assert np.abs(after_torch - before_torch).max() > 0.05
+    assert np.abs(after_torch - after_openvino).max() < 1e-3
+
 def test_tta_and_progress_and_cancel(bundled_model, sample):
     img = normalize_for_model(bundled_model, sample[None, :200, :200])
     seen: list[Progress] = []
