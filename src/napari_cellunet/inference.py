@@ -198,7 +198,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _weights_version(net: UNet) -> tuple:
-    """Changes whenever a weight or buffer is written in place (parameters and buffers, not ``state_dict()``: 5x faster)."""
+    """Changes whenever a weight or buffer is written in place (read directly: 4x faster than ``state_dict()``)."""
     return tuple(t._version for t in net.parameters()) + tuple(t._version for t in net.buffers())
 
 
