@@ -68,7 +68,6 @@ def test_bf16_close_to_fp32(bundled_model, sample):
     assert np.abs(a - b).mean() < 0.01
 
 
-
 def test_openvino_matches_torch_and_follows_changed_weights(bundled_model, sample):
     """The default CPU backend gives torch's probabilities, also after the weights change in place
     (a fine-tune in the same process must not keep running the old compiled network)."""
@@ -88,6 +87,7 @@ def test_openvino_matches_torch_and_follows_changed_weights(bundled_model, sampl
     after_torch, after_openvino = both()
     assert np.abs(after_torch - before_torch).max() > 0.05
     assert np.abs(after_torch - after_openvino).max() < 1e-3
+
 
 def test_tta_and_progress_and_cancel(bundled_model, sample):
     img = normalize_for_model(bundled_model, sample[None, :200, :200])

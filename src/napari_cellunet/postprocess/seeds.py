@@ -242,14 +242,7 @@ def default_min_size(diameter: float | None, dims: int = 2) -> int:
     return max(4, int(0.1 * typical_size(diameter, dims)))
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-SLICE_THREADS = min(4, _cpu_count())  # slices post-processed at once (a block in a dask job is one slice)
+SLICE_THREADS = min(4, os.cpu_count() or 1)  # slices post-processed at once (a block in a dask job is one slice)
 
 
 def labels_from_probabilities(probs: np.ndarray, params: InstanceParams,
